@@ -1,0 +1,166 @@
+"""BEV and camera pictures (NumPy + PIL).
+
+BEV pictures put the ego's forward direction (+x) up and its left (+y) to the left, so grid cell (i, j) is
+drawn at row ``nx - 1 - i`` and column ``ny - 1 - j``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from bevjax.geometry.grid import BEVGrid
+from bevjax.schema import BEV_CLASSES, SEMANTIC_CLASSES
+
+# Drawn in this order, later classes on top.
+BEV_PALETTE = {
+    "drivable_area": (110, 110, 115),
+    "carpark_area": (70, 90, 160),
+    "walkway": (210, 170, 120),
+    "ped_crossing": (250, 220, 40),
+    "stop_line": (230, 40, 40),
+    "divider": (250, 250, 250),
+    "vehicle": (40, 120, 250),
+    "pedestrian": (250, 90, 200),
+}
+SEMANTIC_PALETTE = np.array(
+    [
+        (0, 0, 0),  # background
+        (110, 110, 115),  # road
+        (210, 170, 120),  # sidewalk
+        (70, 90, 160),  # parking
+        (90, 140, 60),  # terrain
+        (40, 120, 250),  # vehicle
+        (250, 90, 200),  # pedestrian
+        (180, 80, 60),  # building
+        (30, 190, 60),  # vegetation
+        (250, 220, 40),  # pole
+    ],
+    np.uint8,
+)
+assert len(SEMANTIC_PALETTE) == len(SEMANTIC_CLASSES)
+
+
+def _to_display(grid_image: np.ndarray) -> np.ndarray:
+    return grid_image[::-1, ::-1]  # x forward up, y left to the left
+
+
+def colorize_bev(labels: np.ndarray, visibility: np.ndarray | None = None) -> np.ndarray:
+    """RGB [x, y, 3] uint8 picture of multi-label BEV maps [x, y, k] (``BEV_CLASSES`` order)."""
+    out = np.full(labels.shape[:2] + (3,), 30, np.uint8)
+    for name, colour in BEV_PALETTE.items():
+        out[labels[..., BEV_CLASSES.index(name)] > 0] = colour
+    if visibility is not None:
+        out = np.where(visibility[..., None] > 0, out, (out * 0.45).astype(np.uint8))
+    return _to_display(out)
+
+
+def colorize_semantic(labels: np.ndarray) -> np.ndarray:
+    """RGB [..., 3] of semantic class ids (``SEMANTIC_CLASSES``)."""
+    return SEMANTIC_PALETTE[np.clip(labels, 0, len(SEMANTIC_PALETTE) - 1)]
+
+
+def lidar_bev(
+    points,
+    valid,
+    classes,
+    grid: BEVGrid,
+    scale: int = 2,
+    flow=None,
+    next_from_this=None,
+    flow_stride: int = 4,
+) -> np.ndarray:
+    """Bird's-eye view [x*scale, y*scale, 3] of LiDAR points coloured by class, with optional flow arrows.
+
+    Arrows show the motion of the points themselves (ego motion removed with ``next_from_this`` [4, 4] when
+    given), five times longer than the motion, for every ``flow_stride``-th moving point.
+    """
+    nx, ny, _ = grid.shape
+    img = np.zeros((nx * scale, ny * scale, 3), np.uint8)
+    cell = grid.resolution[:2] / scale
+    p = points[valid]
+    i = np.floor((p[:, 0] - grid.xbound[0]) / cell[0]).astype(int)
+    j = np.floor((p[:, 1] - grid.ybound[0]) / cell[1]).astype(int)
+    ok = (i >= 0) & (i < nx * scale) & (j >= 0) & (j < ny * scale)
+    img[i[ok], j[ok]] = colorize_semantic(classes[valid][ok])
+    img = np.ascontiguousarray(_to_display(img))
+    if flow is not None:
+        pil = Image.fromarray(img)
+        draw = ImageDraw.Draw(pil)
+        motion = flow
+        if next_from_this is not None:  # the flow of a static point is the ego motion: remove it
+            motion = points + flow - (points @ next_from_this[:3, :3].T + next_from_this[:3, 3])
+        moving = np.flatnonzero(valid & (np.linalg.norm(motion[:, :2], axis=1) > 0.05))[::flow_stride]
+        for k in moving:
+            a, b = points[k, :2], points[k, :2] + motion[k, :2] * 5.0
+            pa = [((grid.ybound[1] - v[1]) / cell[1], (grid.xbound[1] - v[0]) / cell[0]) for v in (a, b)]
+            draw.line(pa, fill=(255, 255, 255), width=1)
+        img = np.asarray(pil)
+    return img
+
+
+def _ego_marker(image: np.ndarray, grid: BEVGrid) -> np.ndarray:
+    """Draws the ego footprint (4.1 x 1.85 m, rear axle at the origin) on a displayed BEV picture."""
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    res = grid.resolution
+    col = lambda y: (grid.ybound[1] - y) / res[1]  # noqa: E731
+    row = lambda x: (grid.xbound[1] - x) / res[0]  # noqa: E731
+    ImageDraw.Draw(pil).rectangle([col(0.92), row(3.3), col(-0.92), row(-0.8)], outline=(255, 60, 60))
+    return np.asarray(pil)
+
+
+def _label(image: np.ndarray, text: str) -> np.ndarray:
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    ImageDraw.Draw(pil).text((4, 2), text, fill=(255, 255, 255))
+    return np.asarray(pil)
+
+
+def _fit(image: np.ndarray, height: int) -> np.ndarray:
+    w = max(1, round(image.shape[1] * height / image.shape[0]))
+    return np.asarray(Image.fromarray(image).resize((w, height), Image.NEAREST))
+
+
+def preview_image(example: dict, grid: BEVGrid, camera_names=None) -> np.ndarray:
+    """One picture of a sample: cameras (with their perspective labels), BEV labels and LiDAR BEV."""
+    images = example["images"]
+    n, h, w, _ = images.shape
+    names = camera_names or [f"cam {k}" for k in range(n)]
+    cols = 3 if n >= 3 else n
+    rows = []
+    for start in range(0, n, cols):
+        row = []
+        for k in range(start, min(start + cols, n)):
+            tile = images[k]
+            if "pv_labels" in example:
+                tile = np.concatenate([tile, colorize_semantic(example["pv_labels"][k])], 0)
+            row.append(_label(tile, names[k]))
+        while len(row) < cols:
+            row.append(np.zeros_like(row[0]))
+        rows.append(np.concatenate(row, 1))
+    cams = np.concatenate(rows, 0)
+    bev_labels = colorize_bev(example["bev_labels"], example.get("bev_visibility"))
+    panels = [_label(_ego_marker(bev_labels, grid), "BEV labels (dim: not visible)")]
+    if "lidar_points" in example:
+        panels.append(
+            _label(
+                lidar_bev(
+                    example["lidar_points"], example["lidar_valid"], example["lidar_class"], grid,
+                    flow=example.get("lidar_flow"), next_from_this=example.get("next_ego_from_ego"),
+                ),
+                "LiDAR (flow x5)",
+            )
+        )  # fmt: skip
+    size = max(cams.shape[1] // max(len(panels), 2), 64)
+    bev = np.concatenate([_fit(p, size) for p in panels], 1)
+    width = max(cams.shape[1], bev.shape[1])
+    pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)))  # noqa: E731
+    return np.concatenate([pad(cams), pad(bev)], 0)
+
+
+def save_png(image: np.ndarray, path: str) -> str:
+    """Writes a uint8 RGB array as PNG (creating the folder) and returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image)).save(path)
+    return path
