@@ -29,7 +29,7 @@ from bevjax.world.raycast import (
     ground_lookup,
 )
 
-_CHUNK = 8192
+_CHUNK = 2048
 
 
 def _hash(ix, iy, seed):
