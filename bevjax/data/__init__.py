@@ -1,0 +1,1 @@
+"""Data pipeline: Grain transforms and loaders of bevjax examples."""
