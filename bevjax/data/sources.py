@@ -1,0 +1,239 @@
+"""Random-access sources over prepared ``bevjax_world`` splits, with errors that say what to do.
+
+``open_world_split(data_dir, 'tiny', 'boston_train')`` returns a :class:`WorldSplitSource`: ``len(source)`` and
+``source[i]`` (a dict of NumPy arrays in the batch schema, equal to ``render_sample(world, 'boston', 'train', i)``),
+suitable for ``grain.MapDataset.source`` and picklable for Grain worker processes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from bevjax.data import world_builder as wb
+from bevjax.world.sample import example_spec_for
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """The requested dataset config has not been prepared in the data dir."""
+
+
+class SplitNotFoundError(ValueError):
+    """The prepared dataset has no split of the requested name."""
+
+
+class SchemaMismatchError(ValueError):
+    """The prepared features differ from the spec the code expects."""
+
+
+class ConfigMismatchError(ValueError):
+    """The prepared data was rendered from a different world config than the one of the same name in the code."""
+
+
+class CorruptRecordError(OSError):
+    """A record could not be read or decoded."""
+
+
+def _describe(shape, dtype) -> str:
+    return f"shape {tuple(shape)} dtype {np.dtype(dtype).name}"
+
+
+def check_prepared_schema(features_path: epath.PathLike, spec: Mapping[str, tuple]) -> None:
+    """Compares the features stored in a prepared dataset with ``spec``.
+
+    Args:
+      features_path: the prepared ``features.json`` file.
+      spec: ``{key: (shape, dtype)}`` the code expects (``example_spec_for(world)``).
+
+    Raises:
+      SchemaMismatchError: naming the key, the file and both shapes/dtypes (or the missing/extra keys).
+    """
+    features_path = epath.Path(features_path)
+    try:
+        stored = tfds.features.FeatureConnector.from_config(str(features_path.parent))
+    except Exception as e:
+        raise SchemaMismatchError(f"could not read the prepared features from {features_path}: {e}") from e
+    stored_keys = set(stored.keys()) if isinstance(stored, tfds.features.FeaturesDict) else set()
+    hint = "delete the prepared directory and prepare it again (or use another config name)"
+    missing, extra = sorted(set(spec) - stored_keys), sorted(stored_keys - set(spec))
+    if missing or extra:
+        raise SchemaMismatchError(
+            f"prepared features in {features_path} do not match the schema: keys missing there {missing}, "
+            f"unexpected keys there {extra}; {hint}"
+        )
+    for key, (shape, dtype) in spec.items():
+        feature = stored[key]
+        if tuple(feature.shape) != tuple(shape) or np.dtype(feature.np_dtype) != np.dtype(dtype):
+            raise SchemaMismatchError(
+                f"key '{key}' in {features_path} has {_describe(feature.shape, feature.np_dtype)} but the code "
+                f"expects {_describe(shape, dtype)}; {hint}"
+            )
+
+
+def check_prepared_config(metadata_path: epath.PathLike, config: wb.WorldBuilderConfig) -> None:
+    """Compares the config stored in a prepared dataset's ``metadata.json`` with ``config``.
+
+    Args:
+      metadata_path: the prepared ``metadata.json``.
+      config: the config the code uses under that name.
+
+    Raises:
+      ConfigMismatchError: naming the file and the first differing field (e.g. after a change of
+        ``tiny_config()``, whose data would otherwise be silently reused).
+    """
+    metadata_path = epath.Path(metadata_path)
+    if not metadata_path.exists():
+        return
+    stored = json.loads(metadata_path.read_text()).get("world_builder_config")
+    if stored is None:
+        return
+    expected = json.loads(json.dumps(config.to_json()))
+
+    def first_difference(a, b, path=""):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                d = first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+                if d:
+                    return d
+            return None
+        return None if a == b else f"'{path}' is {a!r} there but {b!r} in the code"
+
+    diff = first_difference(stored, expected)
+    if diff:
+        raise ConfigMismatchError(
+            f"{metadata_path} was prepared from another '{config.name}' config: {diff}; delete "
+            f"{metadata_path.parent} and prepare it again"
+        )
+
+
+class WorldSplitSource:
+    """Random access to one prepared split: ``len(source)``, ``source[i]`` -> schema dict (NumPy values).
+
+    Attributes:
+      data_dir: the TFDS data dir.
+      config: the :class:`~bevjax.data.world_builder.WorldBuilderConfig`.
+      split: the split name, e.g. ``boston_train``.
+      domain, kind: the split's domain and kind (``'train'`` / ``'val'``).
+      spec: ``{key: (shape, dtype)}`` of one example.
+      frames_per_sequence: consecutive records ``[s * F, (s + 1) * F)`` form sequence ``s``.
+      files: ``[(path, first index, number of records)]`` of the split's array_record files, in order.
+    """
+
+    def __init__(self, builder: wb.BevjaxWorld, split: str):
+        self.data_dir = builder.data_dir_root
+        self.data_path = builder.data_path
+        self.config: wb.WorldBuilderConfig = builder.builder_config
+        self.split = split
+        self.domain, self.kind = wb.parse_split(split)
+        self.spec = example_spec_for(self.config.world)
+        self.frames_per_sequence = self.config.world.frames_per_sequence
+        self._source = builder.as_data_source(split)
+        self.files = []
+        start = 0
+        for fi in builder.info.splits[split].file_instructions:
+            # ``filename`` is relative to the data path in TFDS 4.9; keep an absolute path either way.
+            path = epath.Path(fi.filename)
+            if not path.is_absolute():
+                path = builder.data_path / fi.filename
+            self.files.append((str(path), start, int(fi.take), int(fi.skip)))
+            start += int(fi.take)
+        self._starts = [f[1] for f in self.files]
+        self._len = start
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def num_sequences(self) -> int:
+        return self._len // self.frames_per_sequence
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """The array_record file holding record ``index`` of the split and the record's index within it.
+
+        Args:
+          index: the record index in the split, in ``[0, len(self))``.
+
+        Returns:
+          ``(path, index within the file)``.
+        """
+        k = bisect.bisect_right(self._starts, index) - 1
+        path, start, _, skip = self.files[k]
+        return path, index - start + skip
+
+    def _where(self, index: int) -> str:
+        path, j = self.locate(index)
+        return f"record {j} of array_record file {path} (index {index} of split '{self.split}')"
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for split '{self.split}' of {self._len} records")
+        try:
+            record = self._source[index]
+        except Exception as e:
+            raise CorruptRecordError(
+                f"could not read or decode {self._where(index)}: {type(e).__name__}: {e}. The file is corrupt "
+                f"or truncated: delete {self.data_path} and prepare the dataset again"
+            ) from e
+        out = {}
+        for key, (shape, dtype) in self.spec.items():
+            value = np.asarray(record[key], dtype)
+            if value.shape != tuple(shape):
+                raise CorruptRecordError(
+                    f"{self._where(index)}: key '{key}' decoded to {_describe(value.shape, value.dtype)}, "
+                    f"expected {_describe(shape, dtype)}"
+                )
+            out[key] = value[()] if value.ndim == 0 else value
+        return out
+
+    def __repr__(self) -> str:
+        return f"WorldSplitSource({self.data_path}, split={self.split!r}, len={self._len})"
+
+
+def open_world_split(
+    data_dir: str | epath.PathLike,
+    config: str | wb.WorldBuilderConfig,
+    split: str,
+) -> WorldSplitSource:
+    """Opens a prepared split of ``bevjax_world`` for random access.
+
+    Args:
+      data_dir: the TFDS data dir the dataset was prepared in.
+      config: a predefined config name (``'default'``, ``'tiny'``), a prepared custom name or a
+        :class:`~bevjax.data.world_builder.WorldBuilderConfig`.
+      split: ``<domain>_<train|val>``, e.g. ``'boston_train'``.
+
+    Returns:
+      A :class:`WorldSplitSource`.
+
+    Raises:
+      DatasetNotPreparedError: the config is not prepared in ``data_dir`` (the message gives the command).
+      SplitNotFoundError: no such split (the message lists the available ones).
+      SchemaMismatchError: the prepared features differ from ``example_spec_for(config.world)``.
+      ConfigMismatchError: the prepared data was rendered from another config of the same name.
+    """
+    data_dir = str(data_dir)
+    cfg = wb.resolve_config(data_dir, config)
+    builder = wb.BevjaxWorld(data_dir=data_dir, config=cfg)
+    if not builder.is_prepared():
+        from bevjax.data.prepare import prepare_command
+
+        raise DatasetNotPreparedError(
+            f"bevjax_world config '{cfg.name}' is not prepared in data_dir {data_dir} (no "
+            f"{builder.data_path}/dataset_info.json). Prepare it with:\n  {prepare_command(data_dir, cfg)}"
+        )
+    available = list(builder.info.splits.keys())
+    if split not in available:
+        raise SplitNotFoundError(
+            f"split '{split}' not found in {builder.data_path}; available splits: {sorted(available)}"
+        )
+    check_prepared_schema(builder.data_path / "features.json", example_spec_for(cfg.world))
+    check_prepared_config(builder.data_path / "metadata.json", cfg)
+    return WorldSplitSource(builder, split)
