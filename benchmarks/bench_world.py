@@ -53,10 +53,14 @@ def main():
     print(f"full sample: {per:.3f} s -> {1 / per:.2f} samples/s")
 
     dom = parse_domain(args.domain)
-    t_layout, scene = _time(lambda: generate_scene(config, dom, sequence_rng(config, args.domain, "bench", 1)), 2)
+    t_layout, scene = _time(
+        lambda: generate_scene(config, dom, sequence_rng(config, args.domain, "bench", 1)), 2
+    )
     scene = S.scene_for(config, args.domain, "bench", 0)
     ego = S.ego_pose(scene, 0.0)
-    rows = S.nearest_rows(np.concatenate([S.agent_rows(scene, 0.0), S.static_rows(scene)]), ego[:2, 3], config.max_boxes)
+    rows = S.nearest_rows(
+        np.concatenate([S.agent_rows(scene, 0.0), S.static_rows(scene)]), ego[:2, 3], config.max_boxes
+    )
     intrinsics, cam_to_ego = camera_rig(config.cameras, config.image_hw)
     light = S.lighting(dom, scene, ego, 0.0)
     import jax
@@ -74,7 +78,10 @@ def main():
     agents = S.agent_rows(scene, 0.0)
     t_labels, fp = _time(lambda: S.object_footprints(config, ego, agents), 3)
     t_bev, _ = _time(lambda: S.bev_labels(config, scene, ego, fp), 3)
-    t_vis, _ = _time(lambda: S.bev_visibility(config, intrinsics, cam_to_ego, np.asarray(depth), np.asarray(instance), fp), 3)
+    t_vis, _ = _time(
+        lambda: S.bev_visibility(config, intrinsics, cam_to_ego, np.asarray(depth), np.asarray(instance), fp),
+        3,
+    )
     print(f"layout per sequence ({config.frames_per_sequence} frames): {t_layout:.2f} s")
     print(f"cameras: {t_cam:.3f} s | one LiDAR sweep: {t_lidar:.3f} s (two per sample) | object footprints: "
           f"{t_labels:.3f} s | BEV labels: {t_bev:.3f} s | visibility: {t_vis:.3f} s")  # fmt: skip
