@@ -22,19 +22,28 @@ def main(argv=None) -> str:
     parser.add_argument("--config", choices=("default", "tiny"), default="default")
     parser.add_argument("--seed", type=int, default=0, help="world seed")
     parser.add_argument("--out", default="preview.png")
+    parser.add_argument("--data_dir", default=None, help="read the sample from this prepared dataset")
     args = parser.parse_args(argv)
     parse_domain(args.domain)  # fails early with the valid choices
     config = (WorldConfig() if args.config == "default" else tiny_config()).replace(seed=args.seed)
 
-    from bevjax.world.sample import render_sample
-
     start = time.time()
-    example = render_sample(config, args.domain, args.split, args.index)
+    if args.data_dir:
+        from bevjax.data.sources import open_world_split
+
+        source = open_world_split(args.data_dir, args.config, f"{args.domain}_{args.split}")
+        config = source.config.world
+        example = source[args.index]
+    else:
+        from bevjax.world.sample import render_sample
+
+        example = render_sample(config, args.domain, args.split, args.index)
     picture = preview_image(example, config.grid, config.cameras)
     path = save_png(picture, args.out)
+    how = "read" if args.data_dir else "rendered"
     print(
         f"{args.domain}/{args.split}[{args.index}] (sequence {int(example['sequence_id'])}, frame "
-        f"{int(example['frame_index'])}, noise {float(example['noise_level']):.2f}) rendered in "
+        f"{int(example['frame_index'])}, noise {float(example['noise_level']):.2f}) {how} in "
         f"{time.time() - start:.1f}s -> {path}"
     )
     return path
