@@ -108,6 +108,38 @@ def test_windows_are_consecutive_frames_of_one_sequence(tiny_world):
     assert len(seen) == len(windows)
 
 
+def _unaugmented(example):
+    """The fake world's post_rots are random: reset them to the unaugmented identity."""
+    n = len(example["images"])
+    return {
+        **example,
+        "post_rots": np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
+        "post_trans": np.zeros((n, 3), np.float32),
+    }
+
+
+def test_window_frames_share_their_augmentation(tiny_world):
+    from bevjax.data.transforms import ImageAug
+
+    data_dir, cfg = tiny_world
+    source = S.open_world_split(data_dir, "tiny", "boston_train")
+    aug = ImageAug(final_hw=(24, 64), resize_lim=(0.6, 0.9), bot_pct_lim=(0.0, 0.2), rot_lim_deg=(-5.4, 5.4))
+    ds = make_dataset(
+        source,
+        batch_size=2,
+        seed=3,
+        window=2,
+        num_epochs=1,
+        transforms=[_unaugmented, aug],
+        process_index=0,
+        process_count=1,
+    )
+    batch = next(iter(ds))
+    assert batch["images"].shape[:3] == (2, 2, len(cfg.world.cameras))
+    np.testing.assert_array_equal(batch["post_rots"][:, 0], batch["post_rots"][:, 1])
+    assert not np.allclose(batch["post_rots"][0, 0], batch["post_rots"][1, 0])
+
+
 class _AddNoise(grain.transforms.RandomMap):
     def random_map(self, element, rng):
         return {**element, "noise_level": np.float32(rng.random())}

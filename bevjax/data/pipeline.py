@@ -115,7 +115,8 @@ def make_dataset(
       transforms: applied in order to every example (window): ``grain.transforms.RandomMap`` instances (or
         objects with a ``random_map(element, rng)`` method) through ``.random_map``, anything else (a
         ``grain.transforms.Map`` or a one-argument callable) through ``.map``. Must be picklable when
-        ``worker_count > 0``.
+        ``worker_count > 0``. With ``window > 1`` each is wrapped in
+        :class:`bevjax.data.transforms.PerFrame`: every frame of a window gets the same random draws.
       window: T > 1 yields windows of T consecutive frames of one sequence stacked on a new leading axis.
       window_stride: frames between the starts of consecutive windows of a sequence.
       frames_per_sequence: frames per sequence of ``source`` (default: ``source.frames_per_sequence``); only
@@ -154,6 +155,10 @@ def make_dataset(
         raise ValueError(f"process {process_index} of {process_count} gets no element of {source!r}")
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
+    if window > 1:  # the same augmentation for every frame of a window
+        from bevjax.data.transforms import PerFrame
+
+        transforms = [t if isinstance(t, PerFrame) else PerFrame(t) for t in transforms]
     for i, t in enumerate(transforms):
         if _is_random(t):
             fn = t if isinstance(t, grain.transforms.RandomMap) else t.random_map

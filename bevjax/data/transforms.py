@@ -603,3 +603,33 @@ class SelectCameras(grain.transforms.RandomMap):
         for key in counts:
             out[key] = np.asarray(element[key])[keep]
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PerFrame(grain.transforms.RandomMap):
+    """Applies a single-example transform to every frame of a window (arrays ``[t, ...]``).
+
+    All frames get the same random draws (the generator is re-seeded identically for each frame), so a window
+    is augmented consistently through time, as temporal BEV models expect. :func:`bevjax.data.pipeline.make_dataset`
+    wraps transforms in ``PerFrame`` when it yields windows.
+
+    Args:
+      transform: a ``grain.transforms.RandomMap`` / ``Map`` or a one-argument callable of one example.
+    """
+
+    transform: object
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        """Returns the window with ``transform`` applied to each of its ``t`` frames."""
+        t = len(next(iter(element.values())))
+        seed = int(rng.integers(1 << 62))
+        frames = []
+        for i in range(t):
+            frame = {k: np.asarray(v)[i] for k, v in element.items()}  # strip the t axis
+            if hasattr(self.transform, "random_map"):
+                frames.append(self.transform.random_map(frame, np.random.default_rng(seed)))
+            elif hasattr(self.transform, "map"):
+                frames.append(self.transform.map(frame))
+            else:
+                frames.append(self.transform(frame))
+        return {k: np.stack([f[k] for f in frames]) for k in frames[0]}  # t ...
