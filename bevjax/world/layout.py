@@ -229,24 +229,24 @@ def generate_scene(config: WorldConfig, domain: Domain, rng: np.random.Generator
 
     # Crossings, stop lines and the junction zones where dividers stop.
     left_hand = city.left_hand_traffic
-    zones = []
+    zones, marks = [], []  # marks: crossing stripes and stop-line paint, drawn last
     for c, out, road, other_hw in arms:
         start = other_hw + 1.0
         mid = c + out * (start + 2.0)
-        crossing = rect(mid, out, 4.0, 2 * road.half_width)
-        canvas.polygon(CROSSING, crossing)
+        canvas.polygon(CROSSING, rect(mid, out, 4.0, 2 * road.half_width))
         across = np.array([-out[1], out[0]])
         for k in np.arange(-road.half_width + 0.25, road.half_width - 0.25, 1.0):
-            canvas.polygon(PAINT_WHITE, rect(mid + across * (k + 0.25), out, 4.0, 0.5))
+            marks.append(rect(mid + across * (k + 0.25), out, 4.0, 0.5))
         # Incoming traffic drives along -out, on its right (right-hand traffic) = left of ``out``.
         side = -1.0 if left_hand else 1.0
         lane_span = road.lanes * road.lane_width
         stop = c + out * (start + 4.5) + across * side * lane_span / 2
         canvas.polygon(STOPLINE, rect(stop, out, 0.5, lane_span))
-        canvas.polygon(PAINT_WHITE, rect(stop, out, 0.4, lane_span))
+        marks.append(rect(stop, out, 0.4, lane_span))
         zones.append(rect(c + out * (start + 4.75) / 2, out, start + 4.75, 2 * road.half_width + 0.5))
 
-    # Dividers: the centre line and lane lines; labels are continuous, paint may be dashed.
+    # Dividers: the centre line and lane lines; labels are continuous, paint may be dashed; both stop at
+    # junctions.
     centre_paint = PAINT_YELLOW if city.centre_line_yellow else PAINT_WHITE
     for road in roads:
         canvas.line(DIVIDER, road.path, 0.3)
@@ -259,20 +259,10 @@ def generate_scene(config: WorldConfig, domain: Domain, rng: np.random.Generator
                 for s in np.arange(0.0, lane_line.length - 3.0, 9.0):
                     canvas.line(PAINT_WHITE, lane_line.between(s, s + 3.0), 0.15)
     for zone in zones:
-        for bit in (DIVIDER, PAINT_YELLOW):
+        for bit in (DIVIDER, PAINT_YELLOW, PAINT_WHITE):
             canvas.polygon(bit, zone, value=0)
-        canvas.polygon(PAINT_WHITE, zone, value=0)
-    # Crossing and stop-line paint go back on top of the cleared zones.
-    for c, out, road, other_hw in arms:
-        start = other_hw + 1.0
-        mid = c + out * (start + 2.0)
-        across = np.array([-out[1], out[0]])
-        for k in np.arange(-road.half_width + 0.25, road.half_width - 0.25, 1.0):
-            canvas.polygon(PAINT_WHITE, rect(mid + across * (k + 0.25), out, 4.0, 0.5))
-        side = -1.0 if left_hand else 1.0
-        lane_span = road.lanes * road.lane_width
-        stop = c + out * (start + 4.5) + across * side * lane_span / 2
-        canvas.polygon(PAINT_WHITE, rect(stop, out, 0.4, lane_span))
+    for mark in marks:
+        canvas.polygon(PAINT_WHITE, mark)
     for c, t, n, length, depth in carparks:
         for k in np.arange(-length / 2 + 2.5, length / 2, 2.5):
             for d in (-1, 1):
