@@ -1,6 +1,14 @@
-"""Geometry shared by every method: BEV grids and rigid transforms."""
+"""Geometry shared by every method: BEV grids, rigid transforms and the lift-splat-shoot frustum."""
 
+from bevjax.geometry.frustum import create_frustum, frustum_to_ego
 from bevjax.geometry.grid import BEVGrid
 from bevjax.geometry.transforms import invert_rigid, pose2d, transform_points
 
-__all__ = ["BEVGrid", "invert_rigid", "pose2d", "transform_points"]
+__all__ = [
+    "BEVGrid",
+    "create_frustum",
+    "frustum_to_ego",
+    "invert_rigid",
+    "pose2d",
+    "transform_points",
+]
