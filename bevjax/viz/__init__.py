@@ -3,14 +3,22 @@
 from bevjax.viz.bev import (
     BEV_PALETTE,
     SEMANTIC_PALETTE,
+    camera_mosaic,
     colorize_bev,
     colorize_semantic,
+    fit_height,
+    labelled,
     lidar_bev,
     preview_image,
     save_png,
+    stack_rows,
 )
 
 __all__ = [
+    "camera_mosaic",
+    "fit_height",
+    "labelled",
+    "stack_rows",
     "BEV_PALETTE",
     "SEMANTIC_PALETTE",
     "colorize_bev",

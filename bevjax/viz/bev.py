@@ -111,40 +111,55 @@ def _ego_marker(image: np.ndarray, grid: BEVGrid) -> np.ndarray:
     return np.asarray(pil)
 
 
-def _label(image: np.ndarray, text: str) -> np.ndarray:
+def labelled(image: np.ndarray, text: str) -> np.ndarray:
+    """The picture with ``text`` written in its top-left corner."""
     pil = Image.fromarray(np.ascontiguousarray(image))
     ImageDraw.Draw(pil).text((4, 2), text, fill=(255, 255, 255))
     return np.asarray(pil)
 
 
-def _fit(image: np.ndarray, height: int) -> np.ndarray:
+def camera_mosaic(
+    images: np.ndarray, pv_labels: np.ndarray | None = None, names=None, cols: int = 3
+) -> np.ndarray:
+    """Cameras [n, h, w, 3] in rows of ``cols``, each with its perspective labels below it when given."""
+    n = images.shape[0]
+    names = names or [f"cam {k}" for k in range(n)]
+    cols = min(cols, n)
+    rows = []
+    for start in range(0, n, cols):
+        row = []
+        for k in range(start, min(start + cols, n)):
+            tile = images[k]
+            if pv_labels is not None:
+                tile = np.concatenate([tile, colorize_semantic(pv_labels[k])], 0)
+            row.append(labelled(tile, names[k]))
+        while len(row) < cols:
+            row.append(np.zeros_like(row[0]))
+        rows.append(np.concatenate(row, 1))
+    return np.concatenate(rows, 0)
+
+
+def stack_rows(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """Two pictures one above the other, the narrower padded with black on the right."""
+    width = max(top.shape[1], bottom.shape[1])
+    pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)))  # noqa: E731
+    return np.concatenate([pad(top), pad(bottom)], 0)
+
+
+def fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    """Nearest-neighbour resize to ``height`` rows keeping the aspect ratio."""
     w = max(1, round(image.shape[1] * height / image.shape[0]))
     return np.asarray(Image.fromarray(image).resize((w, height), Image.NEAREST))
 
 
 def preview_image(example: dict, grid: BEVGrid, camera_names=None) -> np.ndarray:
     """One picture of a sample: cameras (with their perspective labels), BEV labels and LiDAR BEV."""
-    images = example["images"]
-    n, h, w, _ = images.shape
-    names = camera_names or [f"cam {k}" for k in range(n)]
-    cols = 3 if n >= 3 else n
-    rows = []
-    for start in range(0, n, cols):
-        row = []
-        for k in range(start, min(start + cols, n)):
-            tile = images[k]
-            if "pv_labels" in example:
-                tile = np.concatenate([tile, colorize_semantic(example["pv_labels"][k])], 0)
-            row.append(_label(tile, names[k]))
-        while len(row) < cols:
-            row.append(np.zeros_like(row[0]))
-        rows.append(np.concatenate(row, 1))
-    cams = np.concatenate(rows, 0)
+    cams = camera_mosaic(example["images"], example.get("pv_labels"), camera_names)
     bev_labels = colorize_bev(example["bev_labels"], example.get("bev_visibility"))
-    panels = [_label(_ego_marker(bev_labels, grid), "BEV labels (dim: not visible)")]
+    panels = [labelled(_ego_marker(bev_labels, grid), "BEV labels (dim: not visible)")]
     if "lidar_points" in example:
         panels.append(
-            _label(
+            labelled(
                 lidar_bev(
                     example["lidar_points"], example["lidar_valid"], example["lidar_class"], grid,
                     flow=example.get("lidar_flow"), next_from_this=example.get("next_ego_from_ego"),
@@ -153,10 +168,7 @@ def preview_image(example: dict, grid: BEVGrid, camera_names=None) -> np.ndarray
             )
         )  # fmt: skip
     size = max(cams.shape[1] // max(len(panels), 2), 64)
-    bev = np.concatenate([_fit(p, size) for p in panels], 1)
-    width = max(cams.shape[1], bev.shape[1])
-    pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)))  # noqa: E731
-    return np.concatenate([pad(cams), pad(bev)], 0)
+    return stack_rows(cams, np.concatenate([fit_height(p, size) for p in panels], 1))
 
 
 def save_png(image: np.ndarray, path: str) -> str:
