@@ -1,0 +1,153 @@
+"""The LSS task: BEV semantic segmentation from cameras, trained with BCE, evaluated with IoU per class.
+
+It tells the generic trainer how to build the model, read and augment the data, compute the loss and the
+evaluation counts, and draw the prediction picture.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bevjax.data import transforms as T
+from bevjax.data.pipeline import make_dataset
+from bevjax.data.world_data import open_splits
+from bevjax.geometry.grid import BEVGrid
+from bevjax.losses import bce_with_logits
+from bevjax.metrics import confusion_counts
+from bevjax.models.lss import LSS, LSSGeometry
+from bevjax.schema import BEV_CLASS_ID
+from bevjax.viz import camera_mosaic, colorize_bev, fit_height, labelled, stack_rows
+
+MODEL_KEYS = ("images", "intrinsics", "cam_to_ego", "post_rots", "post_trans")
+TARGET_KEYS = ("bev_labels", "bev_visibility")
+
+
+class LSSTask:
+    """Builds everything task-specific from ``config`` (see ``configs/lss.py``)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.grid = BEVGrid(tuple(config.grid.xbound), tuple(config.grid.ybound), tuple(config.grid.zbound))
+        self.classes = tuple(config.model.classes)
+        unknown = [c for c in self.classes if c not in BEV_CLASS_ID]
+        if unknown:
+            raise ValueError(f"config.model.classes: unknown {unknown}; choose from {sorted(BEV_CLASS_ID)}")
+        self.class_index = np.array([BEV_CLASS_ID[c] for c in self.classes])
+        m = config.model
+        self.model = LSS(
+            num_classes=len(self.classes),
+            geometry=LSSGeometry(tuple(config.data.world.image_hw), m.stride, tuple(m.dbound), self.grid),
+            context_channels=m.context_channels,
+            drop_connect_rate=m.drop_connect_rate,
+        )
+
+    # Data --------------------------------------------------------------------------------------------------
+    def batch_keys(self) -> tuple[str, ...]:
+        return MODEL_KEYS + TARGET_KEYS
+
+    def _select(self, example: dict) -> dict:
+        return {k: example[k] for k in self.batch_keys()}
+
+    def train_dataset(self, seed: int, batch_size: int, process_index: int, process_count: int):
+        c = self.config
+        source = open_splits(c.data, self.grid, [c.data.train_split])[c.data.train_split]
+        a = c.augment
+        transforms = []
+        if a.num_cameras and a.num_cameras < len(c.data.world.cameras):
+            transforms.append(T.SelectCameras(num=a.num_cameras, train=True))
+        if a.bev_flip:
+            transforms.append(T.BEVFlip(p=0.5, grid=self.grid))
+        transforms.append(
+            T.ImageAug(
+                final_hw=tuple(c.data.world.image_hw),
+                resize_lim=tuple(a.resize_lim),
+                bot_pct_lim=tuple(a.bot_pct_lim),
+                rot_lim_deg=tuple(a.rot_lim_deg),
+                rand_flip=a.rand_flip,
+                train=True,
+            )
+        )
+        if a.color_jitter:
+            transforms.append(T.ColorJitter())
+        transforms.append(self._select)
+        return make_dataset(
+            source,
+            batch_size=batch_size,
+            seed=seed,
+            transforms=transforms,
+            process_index=process_index,
+            process_count=process_count,
+            worker_count=c.data.worker_count,
+        )
+
+    def eval_source(self):
+        c = self.config
+        return open_splits(c.data, self.grid, [c.data.eval_split])[c.data.eval_split]
+
+    def eval_example(self, example: dict) -> dict:
+        """An evaluation example: all cameras, test-time image transform (identity at the stored size)."""
+        c = self.config
+        aug = T.ImageAug(
+            final_hw=tuple(c.data.world.image_hw), bot_pct_lim=tuple(c.augment.bot_pct_lim), train=False
+        )
+        return self._select(aug.random_map(example, np.random.default_rng(0)))
+
+    # Model -------------------------------------------------------------------------------------------------
+    def init(self, rng: jax.Array, batch: dict) -> dict:
+        return self.model.init(rng, *(batch[k] for k in MODEL_KEYS), train=False)
+
+    def targets(self, batch: dict) -> jnp.ndarray:
+        return jnp.take(batch["bev_labels"], jnp.asarray(self.class_index), axis=-1)  # b x y k
+
+    def loss_fn(self, params, batch_stats, batch, rng):
+        """BCE with ``pos_weight`` over all cells (LSS), optionally only visible cells."""
+        (logits, _), updates = self.model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            *(batch[k] for k in MODEL_KEYS),
+            train=True,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
+        mask = batch["bev_visibility"][..., None] if self.config.loss.visible_only else None
+        loss = bce_with_logits(logits, self.targets(batch), self.config.loss.pos_weight, mask)
+        return loss, ({"bce": loss}, updates["batch_stats"])
+
+    @functools.cached_property
+    def predict(self):
+        """jit: (variables, batch) -> logits [b, x, y, k]."""
+
+        def fn(variables, batch):
+            logits, _ = self.model.apply(variables, *(batch[k] for k in MODEL_KEYS), train=False)
+            return logits
+
+        return jax.jit(fn)
+
+    def eval_counts(self, variables, batch, valid) -> np.ndarray:
+        """[k, 3] TP/FP/FN of one batch (``valid`` [b] masks padding examples)."""
+        logits = self.predict(variables, batch)
+        mask = jnp.broadcast_to(jnp.asarray(valid)[:, None, None], logits.shape[:3])
+        if self.config.eval.visible_only:
+            mask = mask * batch["bev_visibility"]
+        return np.asarray(confusion_counts(logits, self.targets(batch), self.config.eval.threshold, mask))
+
+    def picture(self, variables, example: dict) -> np.ndarray:
+        """Cameras, predicted BEV and ground truth of one example as an RGB array."""
+        batch = jax.tree.map(lambda x: np.asarray(x)[None], self._select(example))
+        logits = np.asarray(self.predict(variables, batch))[0]
+        full = np.zeros(logits.shape[:2] + (len(BEV_CLASS_ID),), np.uint8)
+        full[..., self.class_index] = logits > self.config.eval.threshold
+        truth = np.zeros_like(full)
+        truth[..., self.class_index] = example["bev_labels"][..., self.class_index]
+        cams = camera_mosaic(example["images"])
+        pred = labelled(colorize_bev(full), "prediction")
+        gt = labelled(colorize_bev(truth, example.get("bev_visibility")), "ground truth (dim: not visible)")
+        size = max(cams.shape[1] // 2 - 4, 64)
+        pair = np.concatenate(
+            [fit_height(pred, size), np.full((size, 8, 3), 255, np.uint8), fit_height(gt, size)], 1
+        )
+        return stack_rows(cams, pair)

@@ -1,0 +1,36 @@
+"""Train a bevjax model: ``python -m bevjax.train --config configs/lss.py --workdir runs/lss``.
+
+Flags: ``--config`` (an ml_collections config file, ``path.py[:variant]``, with ``--config.a.b=value``
+overrides), ``--workdir`` (checkpoints, metrics, pictures; a rerun resumes), ``--distributed`` (call
+``jax.distributed.initialize()`` first, for multi-process runs on pods and clusters).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (path.py[:variant]).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, pictures).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # keep the progress readable: library INFO/WARNING off
+        logging.set_verbosity(logging.ERROR)
+    import jax
+
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    from bevjax.training.trainer import train_and_evaluate
+
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
