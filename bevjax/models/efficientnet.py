@@ -52,6 +52,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bevjax.models.layers import DepthwiseConv, PointwiseConv
+
 # efficientnet_pytorch GlobalParams for B0.
 BN_MOMENTUM = 0.99  # flax convention (PyTorch momentum 0.01).
 BN_EPSILON = 1e-3
@@ -224,29 +226,20 @@ class MBConvBlock(nn.Module):
         inputs = x  # [b h w c_in]
         c_mid = cfg.expanded_features
         if cfg.expand_ratio != 1:
-            x = nn.Conv(c_mid, (1, 1), use_bias=False, dtype=self.dtype, name="expand_conv")(
-                x
-            )  # [b h w c_mid]
+            x = PointwiseConv(c_mid, use_bias=False, dtype=self.dtype, name="expand_conv")(x)  # [b h w c_mid]
             x = nn.swish(bn("expand_bn")(x))
-        x = nn.Conv(
-            c_mid,
-            (cfg.kernel, cfg.kernel),
-            strides=(cfg.stride, cfg.stride),
-            padding="SAME",
-            feature_group_count=c_mid,
-            use_bias=False,
-            dtype=self.dtype,
-            name="depthwise_conv",
-        )(x)  # [b h/s w/s c_mid]
+        x = DepthwiseConv(cfg.kernel, cfg.stride, dtype=self.dtype, name="depthwise_conv")(
+            x
+        )  # [b h/s w/s c_mid]
         x = nn.swish(bn("depthwise_bn")(x))
 
         # Squeeze-excitation.
         s = jnp.mean(x, axis=(1, 2), keepdims=True)  # [b 1 1 c_mid]
-        s = nn.Conv(cfg.squeezed_features, (1, 1), dtype=self.dtype, name="se_reduce")(s)  # [b 1 1 c_se]
-        s = nn.Conv(c_mid, (1, 1), dtype=self.dtype, name="se_expand")(nn.swish(s))  # [b 1 1 c_mid]
+        s = PointwiseConv(cfg.squeezed_features, dtype=self.dtype, name="se_reduce")(s)  # [b 1 1 c_se]
+        s = PointwiseConv(c_mid, dtype=self.dtype, name="se_expand")(nn.swish(s))  # [b 1 1 c_mid]
         x = nn.sigmoid(s) * x  # [b h/s w/s c_mid]
 
-        x = nn.Conv(cfg.out_features, (1, 1), use_bias=False, dtype=self.dtype, name="project_conv")(x)
+        x = PointwiseConv(cfg.out_features, use_bias=False, dtype=self.dtype, name="project_conv")(x)
         x = bn("project_bn")(x)  # [b h/s w/s c_out]
 
         if cfg.has_skip:
@@ -319,7 +312,7 @@ class EfficientNetB0(nn.Module):
                 endpoints[f"reduction_{len(endpoints) + 1}"] = x
 
         if self.include_head:
-            x = nn.Conv(HEAD_FEATURES, (1, 1), use_bias=False, dtype=self.dtype, name="head_conv")(x)
+            x = PointwiseConv(HEAD_FEATURES, use_bias=False, dtype=self.dtype, name="head_conv")(x)
             x = nn.swish(bn("head_bn")(x))  # [b h/32 w/32 1280]
             endpoints[f"reduction_{len(endpoints) + 1}"] = x
         return endpoints

