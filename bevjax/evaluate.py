@@ -5,8 +5,10 @@ Prints the per-class IoU table and writes ``eval.json`` and ``prediction.png`` i
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from bevjax.training.logging import check_command_line
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
@@ -16,10 +18,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:  # keep the progress readable: library INFO/WARNING off
-        logging.set_verbosity(logging.ERROR)
+    check_command_line(argv)
     from bevjax.training.trainer import evaluate
 
     evaluate(_CONFIG.value, _WORKDIR.value)

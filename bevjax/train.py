@@ -7,8 +7,10 @@ overrides), ``--workdir`` (checkpoints, metrics, pictures; a rerun resumes), ``-
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from bevjax.training.logging import check_command_line
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
@@ -19,10 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:  # keep the progress readable: library INFO/WARNING off
-        logging.set_verbosity(logging.ERROR)
+    check_command_line(argv)
     import jax
 
     if _DISTRIBUTED.value:

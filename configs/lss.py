@@ -1,7 +1,11 @@
 """Lift-Splat-Shoot on the embedded driving world.
 
-Default (a CPU run that clearly learns; prepares its world data on first use):
+Default (a CPU run; prepares its world data on first use):
     python -m bevjax.train --config configs/lss.py --workdir runs/lss
+  Measured on 2 CPU cores: 11 min in all (320 samples rendered in 1.8 min, 350 steps at 0.74 steps/s); IoU on
+  boston_val at step 350: drivable_area 0.675, walkway 0.254, divider 0.131, ped_crossing 0.000, stop_line
+  0.000, vehicle 0.000, pedestrian 0.000 (no carpark in the split). Objects need longer training:
+  --config.train.steps=3000.
 Tiny (tests and smoke checks; under a minute after compilation):
     python -m bevjax.train --config configs/lss.py:tiny --workdir runs/lss_tiny
 Full (the paper's configuration, for accelerators: 6 cameras 128x352, batch 4, 200x200 grid at 0.5 m, D = 41):
@@ -28,14 +32,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tensorboard = True
 
     c.grid = ml_collections.ConfigDict(
-        dict(xbound=(-24.0, 24.0, 0.5), ybound=(-24.0, 24.0, 0.5), zbound=(-10.0, 10.0, 20.0))
+        dict(xbound=(-24.0, 24.0, 0.75), ybound=(-24.0, 24.0, 0.75), zbound=(-10.0, 10.0, 20.0))
     )
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "world"
     c.data.data_dir = ""  # default: $BEVJAX_DATA_DIR or ~/bevjax_data
     c.data.domains = ("boston",)
-    c.data.train_sequences = 8
+    c.data.train_sequences = 6
     c.data.val_sequences = 2
     c.data.train_split = "boston_train"
     c.data.eval_split = "boston_val"
@@ -81,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     c.train = ml_collections.ConfigDict(
-        dict(batch_size=4, steps=1500, log_every=50, checkpoint_every=250, eval_every=0, keep_checkpoints=2)
+        dict(batch_size=4, steps=350, log_every=25, checkpoint_every=100, eval_every=0, keep_checkpoints=2)
     )
     c.eval = ml_collections.ConfigDict(
         dict(batch_size=4, threshold=0.0, visible_only=False, max_examples=0, picture_index=0)

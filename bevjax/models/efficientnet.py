@@ -46,6 +46,7 @@ every stride-2 layer really halves the height (height >= 32).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -175,6 +176,13 @@ def endpoint_blocks(blocks: tuple[BlockConfig, ...]) -> tuple[int, ...]:
     return (*out, len(blocks) - 1)
 
 
+def _batch_norm(train: bool, dtype, name: str) -> nn.BatchNorm:
+    """BatchNorm with efficientnet_pytorch's momentum and epsilon."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name
+    )
+
+
 def drop_connect(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     """Stochastic depth: zero whole samples of a residual branch with probability ``rate``, rescale the rest.
 
@@ -216,13 +224,7 @@ class MBConvBlock(nn.Module):
             [b h/s w/s c_out] features, ``s`` the block stride.
         """
         cfg = self.config
-        bn = lambda name: nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            name=name,
-        )
+        bn = functools.partial(_batch_norm, train, self.dtype)
         inputs = x  # [b h w c_in]
         c_mid = cfg.expanded_features
         if cfg.expand_ratio != 1:
@@ -284,13 +286,7 @@ class EfficientNetB0(nn.Module):
         """
         blocks = efficientnet_b0_blocks()
         endpoints_at = endpoint_blocks(blocks)
-        bn = lambda name: nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            name=name,
-        )
+        bn = functools.partial(_batch_norm, train, self.dtype)
 
         x = x.astype(self.dtype)  # [b h w 3]
         x = nn.Conv(

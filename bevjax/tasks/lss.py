@@ -143,11 +143,12 @@ class LSSTask:
         full[..., self.class_index] = logits > self.config.eval.threshold
         truth = np.zeros_like(full)
         truth[..., self.class_index] = example["bev_labels"][..., self.class_index]
-        cams = camera_mosaic(example["images"])
-        pred = labelled(colorize_bev(full), "prediction")
-        gt = labelled(colorize_bev(truth, example.get("bev_visibility")), "ground truth (dim: not visible)")
+        names = list(self.config.data.world.cameras)
+        cams = camera_mosaic(example["images"], names=names if len(names) == len(example["images"]) else None)
         size = max(cams.shape[1] // 2 - 4, 64)
-        pair = np.concatenate(
-            [fit_height(pred, size), np.full((size, 8, 3), 255, np.uint8), fit_height(gt, size)], 1
+        pred = labelled(fit_height(colorize_bev(full), size), "prediction")
+        gt = labelled(
+            fit_height(colorize_bev(truth, example.get("bev_visibility")), size), "ground truth (dim: unseen)"
         )
+        pair = np.concatenate([pred, np.full((size, 8, 3), 255, np.uint8), gt], 1)
         return stack_rows(cams, pair)

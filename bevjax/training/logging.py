@@ -10,6 +10,18 @@ import jax
 import numpy as np
 
 
+def check_command_line(argv) -> None:
+    """Common start of the command-line programs: no stray arguments; library INFO/WARNING logs off unless
+    ``--verbosity`` is given, so that progress lines stay readable."""
+    from absl import app, flags
+    from absl import logging as absl_logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.ERROR)
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
