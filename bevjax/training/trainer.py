@@ -102,15 +102,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch = shard_batch(next(iterator), mesh)
         state, metrics = train_step(state, batch, step_rng)
         done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps or done == start + 1:
+        log_now = done % tc.log_every == 0 or done == tc.steps or done == start + 1
+        save_now = done % tc.checkpoint_every == 0 and done != tc.steps
+        if log_now or save_now:  # a checkpoint is only written from a state whose step was finite
             metrics = jax.device_get(metrics)
             try:
                 check_finite(metrics, done)
             except FloatingPointError:
                 ckpt.close()
                 raise
+        if log_now:
             logger.write(done, {**metrics, "lr": float(schedule(done - 1))})
-        if done % tc.checkpoint_every == 0 and done != tc.steps:
+        if save_now:
             ckpt.save(done, state, iterator)
         if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
             res = evaluate_state(task, _variables(state), config, mesh).result()
