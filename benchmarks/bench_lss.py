@@ -1,0 +1,160 @@
+"""Speed and memory of LSS at the paper's configuration (128x352 images, 200x200 grid, D = 41, batch 4).
+
+    python benchmarks/bench_lss.py [--cameras 5] [--repeat 3] [--both-allocators]
+
+Prints: forward time at batch 1 and 4, train-step time at batch 4 (forward, backward, Adam), splat forward and
+forward+backward, the same per stage (image trunk + depth head, splat, BEV encoder), peak RSS, and FLOPs per
+step from XLA's cost analysis with the achieved GFLOP/s. Random weights and images, real nuScenes rig geometry.
+``--both-allocators`` runs the measurement twice, as shipped and with glibc's malloc tuned
+(GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=8589934592).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+
+TUNED = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=8589934592"
+
+
+def timeit(fn, repeat: int) -> float:
+    """Median wall time of ``fn()`` (blocking on its outputs) after one warm-up call."""
+    import jax
+
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def flops_of(jitted, *args) -> float:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def run(args) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from bevjax.geometry import BEVGrid
+    from bevjax.geometry.frustum import create_frustum, frustum_to_ego
+    from bevjax.losses import bce_with_logits
+    from bevjax.models.bev_encoder import BevEncoder
+    from bevjax.models.lss import LSS, CamEncoder, LSSGeometry, normalize_images
+    from bevjax.ops.splat import splat
+    from bevjax.schema import NUSCENES_CAMERAS
+    from bevjax.world.rig import camera_rig
+
+    n = args.cameras
+    geometry = LSSGeometry((128, 352), 16, (4.0, 45.0, 1.0), BEVGrid())
+    model = LSS(num_classes=1, geometry=geometry)
+    intrinsics, cam_to_ego = camera_rig(NUSCENES_CAMERAS[:n], (128, 352))
+
+    def inputs(b):
+        rng = np.random.default_rng(0)
+        return (
+            rng.integers(0, 255, (b, n, 128, 352, 3), dtype=np.uint8),
+            np.broadcast_to(intrinsics, (b, n, 3, 3)).copy(),
+            np.broadcast_to(cam_to_ego, (b, n, 4, 4)).copy(),
+            np.broadcast_to(np.eye(3, dtype=np.float32), (b, n, 3, 3)).copy(),
+            np.zeros((b, n, 3), np.float32),
+        )
+
+    x1, x4 = inputs(1), inputs(4)
+    variables = jax.jit(lambda r, *x: model.init(r, *x, train=False))(jax.random.PRNGKey(0), *x1)
+    forward = jax.jit(lambda v, *x: model.apply(v, *x, train=False)[0])
+    labels = (np.random.default_rng(1).random((4, 200, 200, 1)) < 0.2).astype(np.float32)
+    tx = optax.chain(optax.clip_by_global_norm(5.0), optax.add_decayed_weights(1e-7), optax.adam(1e-3))
+    opt_state = tx.init(variables["params"])
+
+    def step(params, batch_stats, opt_state, x, y):
+        def loss_fn(p):
+            (logits, _), upd = model.apply(
+                {"params": p, "batch_stats": batch_stats}, *x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+                mutable=["batch_stats"],
+            )  # fmt: skip
+            return bce_with_logits(logits, y, 2.13), upd["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, loss
+
+    train_step = jax.jit(step)
+    params, stats = variables["params"], variables["batch_stats"]
+
+    print(f"LSS 128x352, {n} cameras, 200x200 grid, D=41; jax {jax.__version__} on {jax.devices()[0].platform}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(as shipped)')}")  # fmt: skip
+    t_f1 = timeit(lambda: forward(variables, *x1), args.repeat)
+    t_f4 = timeit(lambda: forward(variables, *x4), args.repeat)
+    t_step = timeit(lambda: train_step(params, stats, opt_state, x4, labels), args.repeat)
+    flops = flops_of(train_step, params, stats, opt_state, x4, labels)
+    print(
+        f"forward batch 1: {t_f1:.3f} s | forward batch 4: {t_f4:.3f} s | train step batch 4: {t_step:.3f} s"
+    )
+    print(f"train step: {flops / 1e9:.0f} GFLOP (XLA cost analysis) -> {flops / t_step / 1e9:.0f} GFLOP/s")
+
+    # Per stage, batch 4: trunk + depth head, geometry + splat, BEV encoder (forward and forward+backward).
+    cam = CamEncoder(geometry.depth_bins, 64, 16)
+    imgs = normalize_images(jnp.asarray(x4[0]).reshape(4 * n, 128, 352, 3))
+    cam_vars = {"params": params["camencode"], "batch_stats": stats["camencode"]}
+    cam_f = jax.jit(lambda v, im: cam.apply(v, im, False)[0])
+    cam_fb = jax.jit(jax.grad(lambda p, im: cam.apply({"params": p, "batch_stats": cam_vars["batch_stats"]}, im, True,
+                                                      rngs={"dropout": jax.random.PRNGKey(0)},
+                                                      mutable=["batch_stats"])[0][0].sum()))  # fmt: skip
+    feats = jnp.asarray(np.random.default_rng(2).normal(size=(4, n, 41, 8, 22, 64)).astype(np.float32))
+    frustum = create_frustum((128, 352), 16, (4.0, 45.0, 1.0))
+    points = jax.jit(frustum_to_ego)(frustum, *x4[1:])
+    grid = geometry.grid
+    splat_f = jax.jit(lambda f, p: splat(f, p, grid))
+    splat_fb = jax.jit(jax.grad(lambda f, p: (splat(f, p, grid) ** 2).sum()))
+    bev = BevEncoder(1)
+    bev_in = jnp.ones((4, 200, 200, 64))
+    bev_vars = {"params": params["bevencode"], "batch_stats": stats["bevencode"]}
+    bev_f = jax.jit(lambda v, x: bev.apply(v, x, False)[0])
+    bev_fb = jax.jit(jax.grad(lambda p, x: bev.apply({"params": p, "batch_stats": bev_vars["batch_stats"]}, x, True,
+                                                     mutable=["batch_stats"])[0][0].sum()))  # fmt: skip
+    rows = [
+        ("image trunk + depth head", lambda: cam_f(cam_vars, imgs), lambda: cam_fb(cam_vars["params"], imgs)),
+        ("splat (voxel pooling)", lambda: splat_f(feats, points), lambda: splat_fb(feats, points)),
+        ("BEV encoder", lambda: bev_f(bev_vars, bev_in), lambda: bev_fb(bev_vars["params"], bev_in)),
+    ]
+    for name, f, fb in rows:
+        print(
+            f"  {name:<26s} forward {timeit(f, args.repeat):.3f} s | forward+backward {timeit(fb, args.repeat):.3f} s"
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"peak RSS: {peak:.2f} GB")
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cameras", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--both-allocators", action="store_true")
+    args = parser.parse_args()
+    if args.both_allocators:
+        for tunables in (None, TUNED):
+            env = dict(os.environ)
+            env.pop("GLIBC_TUNABLES", None)
+            if tunables:
+                env["GLIBC_TUNABLES"] = tunables
+            cmd = [sys.executable, __file__, "--cameras", str(args.cameras), "--repeat", str(args.repeat)]
+            subprocess.run(cmd, env=env, check=True)
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
