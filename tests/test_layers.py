@@ -39,3 +39,23 @@ def test_same_padding_matches_tensorflow_rule():
     assert same_padding(8, 3, 2) == (0, 1)  # asymmetric: the extra row goes after
     assert same_padding(16, 5, 2) == (1, 2)
     assert same_padding(7, 3, 1) == (1, 1)
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (7, 2), (1, 2), (3, 2), (1, 1)])
+def test_conv_with_fast_kernel_gradient_equals_flax_conv(kernel, stride):
+    from bevjax.models.layers import Conv
+
+    x = np.random.default_rng(2).normal(size=(2, 10, 13, 5)).astype(np.float32)
+    ref = nn.Conv(4, (kernel, kernel), (stride, stride), padding=kernel // 2)
+    fast = Conv(4, kernel, stride)
+    variables = ref.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(np.shape, fast.init(jax.random.PRNGKey(0), x)) == jax.tree.map(np.shape, variables)
+    np.testing.assert_allclose(fast.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5)
+    weights = np.random.default_rng(3).normal(size=ref.apply(variables, x).shape).astype(np.float32)
+
+    def loss(module):
+        return lambda v, x: (module.apply(v, x) * weights).sum()
+
+    got = jax.grad(loss(fast), argnums=(0, 1))(variables, x)
+    want = jax.grad(loss(ref), argnums=(0, 1))(variables, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got, want)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bevjax.models.layers import BasicBlock, ConvBNReLU, Up, upsample_bilinear
+from bevjax.models.layers import BasicBlock, Conv, ConvBNReLU, PointwiseConv, Up, upsample_bilinear
 
 
 class BevEncoder(nn.Module):
@@ -20,7 +20,7 @@ class BevEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool):
-        x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False)(x)  # b x/2 y/2 64
+        x = Conv(64, 7, 2, use_bias=False)(x)  # b x/2 y/2 64
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
         x1 = BasicBlock(64)(BasicBlock(64)(x, train), train)  # layer1
         x = BasicBlock(128, 2)(x1, train)
@@ -30,4 +30,4 @@ class BevEncoder(nn.Module):
         x = Up(256, scale=4)(x, x1, train)  # b x/2 y/2 256
         x = upsample_bilinear(x, 2)  # b x y 256
         features = ConvBNReLU(128)(x, train)
-        return nn.Conv(self.out_channels, (1, 1))(features), {"features": features}
+        return PointwiseConv(self.out_channels)(features), {"features": features}
