@@ -41,14 +41,20 @@ def _stack(examples: list[dict]) -> dict:
 
 
 def eval_batches(task, batch_size: int, max_examples: int = 0):
-    """Yields (batch, valid [b]) over the evaluation split in order; the last batch is padded (valid = 0)."""
+    """Yields (local batch, valid [b]) over the evaluation split in order.
+
+    ``batch_size`` is global: each process reads its own slice of every batch (``shard_batch`` assembles the
+    global array) while ``valid`` covers the global batch; the last batch is padded with valid = 0.
+    """
     source = task.eval_source()
     n = len(source) if not max_examples else min(len(source), max_examples)
+    local = batch_size // jax.process_count()
+    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
         valid = np.array([1] * len(idx) + [0] * (batch_size - len(idx)), np.float32)
         idx += [idx[-1]] * (batch_size - len(idx))
-        yield _stack([task.eval_example(source[i]) for i in idx]), valid
+        yield _stack([task.eval_example(source[i]) for i in idx[mine]]), valid
 
 
 def evaluate_state(task, variables: dict, config: ml_collections.ConfigDict, mesh) -> IoUAccumulator:
