@@ -62,6 +62,34 @@ def test_tiny_config_trains_and_reports(tiny_run):
     assert "steps/s" in out and "ETA" in out
 
 
+def test_evaluate_command_reproduces_the_final_evaluation(tiny_run, data_dir):
+    workdir, _ = tiny_run
+    trained = json.load(open(workdir / "eval.json"))
+    os.remove(workdir / "eval.json")
+    cmd = [
+        sys.executable,
+        "-m",
+        "bevjax.evaluate",
+        "--config",
+        "configs/lss.py:tiny",
+        "--workdir",
+        str(workdir),
+    ]
+    env = dict(os.environ, BEVJAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        cmd + ["--config.train.steps=8"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "evaluating step 8" in result.stdout
+    evaluated = json.load(open(workdir / "eval.json"))
+    assert evaluated.keys() == trained.keys()
+    for key, value in trained.items():
+        if isinstance(value, float) and np.isnan(value):
+            assert np.isnan(evaluated[key])
+        else:
+            assert evaluated[key] == value, key
+
+
 def test_killed_run_resumes_to_identical_parameters(tiny_run, tmp_path, data_dir):
     reference_dir, _ = tiny_run
     workdir = tmp_path / "killed"

@@ -127,14 +127,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.save(tc.steps, state, iterator, force=True)
     ckpt.close()
     print(f"trained {tc.steps - start} steps in {time.time() - t0:.0f}s", flush=True)
-    return finish(task, _variables(state), config, workdir, mesh, logger)
+    return finish(task, _variables(state), config, workdir, mesh, int(state.step), logger)
 
 
-def finish(task, variables, config, workdir: str, mesh, logger: MetricLogger | None = None) -> dict:
+def finish(
+    task, variables, config, workdir: str, mesh, step: int, logger: MetricLogger | None = None
+) -> dict:
     """Final evaluation: IoU table on stdout, ``eval.json`` and ``prediction.png`` in ``workdir``."""
     acc = evaluate_state(task, variables, config, mesh)
     res = acc.result()
-    step = int(config.train.steps)
     if logger is not None:
         logger.write(step, res, prefix="eval")
         logger.close()
@@ -166,4 +167,4 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = ckpt.restore(template)
     ckpt.close()
     print(f"evaluating step {int(state.step)} from {ckpt.directory}", flush=True)
-    return finish(task, _variables(state), config, workdir, mesh)
+    return finish(task, _variables(state), config, workdir, mesh, int(state.step))
