@@ -1,12 +1,15 @@
 """Speed and memory of LSS at the paper's configuration (128x352 images, 200x200 grid, D = 41, batch 4).
 
-    python benchmarks/bench_lss.py [--cameras 5] [--repeat 3] [--both-allocators]
+    python benchmarks/bench_lss.py [--cameras 5] [--repeat 3] [--allocators]
 
 Prints: forward time at batch 1 and 4, train-step time at batch 4 (forward, backward, Adam), splat forward and
 forward+backward, the same per stage (image trunk + depth head, splat, BEV encoder), peak RSS, and FLOPs per
 step from XLA's cost analysis with the achieved GFLOP/s. Random weights and images, real nuScenes rig geometry.
-``--both-allocators`` runs the measurement twice, as shipped and with glibc's malloc tuned
-(GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=8589934592).
+``--allocators`` runs the measurement three times: with glibc's malloc as shipped, tuned as for the PyTorch
+reference (GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=8589934592), and
+with transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, what ``python -m bevjax.train`` sets for
+itself: see ``bevjax/training/host.py``). Each line of figures names its setting. A run without
+``--allocators`` measures the environment it was given.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import time
 
 TUNED = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=8589934592"
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 
 def timeit(fn, repeat: int) -> float:
@@ -97,11 +101,16 @@ def run(args) -> None:
     t_f1 = timeit(lambda: forward(variables, *x1), args.repeat)
     t_f4 = timeit(lambda: forward(variables, *x4), args.repeat)
     t_step = timeit(lambda: train_step(params, stats, opt_state, x4, labels), args.repeat)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    jax.block_until_ready(train_step(params, stats, opt_state, x4, labels))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    faults, system = after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
     flops = flops_of(train_step, params, stats, opt_state, x4, labels)
     print(
         f"forward batch 1: {t_f1:.3f} s | forward batch 4: {t_f4:.3f} s | train step batch 4: {t_step:.3f} s"
     )
-    print(f"train step: {flops / 1e9:.0f} GFLOP (XLA cost analysis) -> {flops / t_step / 1e9:.0f} GFLOP/s")
+    print(f"train step: {flops / 1e9:.0f} GFLOP (XLA cost analysis) -> {flops / t_step / 1e9:.0f} GFLOP/s; "
+          f"{faults} minor page faults and {system:.2f} s of kernel time per step")  # fmt: skip
 
     # Per stage, batch 4: trunk + depth head, geometry + splat, BEV encoder (forward and forward+backward).
     cam = CamEncoder(geometry.depth_bins, 64, 16)
@@ -142,10 +151,10 @@ def main():
     )
     parser.add_argument("--cameras", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--both-allocators", action="store_true")
+    parser.add_argument("--allocators", action="store_true")
     args = parser.parse_args()
-    if args.both_allocators:
-        for tunables in (None, TUNED):
+    if args.allocators:
+        for tunables in (None, TUNED, HUGE_PAGES):
             env = dict(os.environ)
             env.pop("GLIBC_TUNABLES", None)
             if tunables:

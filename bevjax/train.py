@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from bevjax.training.host import reexec_with_huge_pages
 from bevjax.training.logging import check_command_line
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,4 +33,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     app.run(main)
