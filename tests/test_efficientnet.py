@@ -106,6 +106,28 @@ def test_block_configuration():
     assert endpoint_blocks(blocks) == (0, 2, 4, 10, 15)
 
 
+def test_depth_coefficient(images):
+    """EfficientNet depth scaling: ceil(d * repeats) blocks per stage, the same five endpoints."""
+    assert [len(efficientnet_b0_blocks(depth_coefficient=d)) for d in (0.1, 0.5, 1.0, 1.1)] == [7, 10, 16, 23]
+    shallow = efficientnet_b0_blocks(depth_coefficient=0.1)
+    assert [b.stride for b in shallow] == [1, 2, 2, 2, 1, 2, 1] and endpoint_blocks(shallow) == (
+        0,
+        1,
+        2,
+        4,
+        6,
+    )
+    trunk = EfficientNetB0(depth_coefficient=0.1)
+    out, variables = jax.eval_shape(
+        lambda x: trunk.init_with_output(jax.random.key(0), x, train=False), images
+    )
+    assert sorted(out) == [f"reduction_{i}" for i in range(1, 6)]
+    for name in out:
+        stride, channels = ENDPOINTS[name]
+        chex.assert_shape(out[name], (B, H // stride, W // stride, channels))
+    assert sorted(variables["params"]) == sorted([f"block_{i}" for i in range(7)] + ["stem_bn", "stem_conv"])
+
+
 def test_endpoint_shapes(variables, eval_apply, images):
     out = eval_apply(variables, images)
     assert sorted(out) == sorted(ENDPOINTS)

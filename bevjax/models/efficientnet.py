@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -134,12 +135,14 @@ EFFICIENTNET_B0_STAGES: tuple[StageConfig, ...] = (
 
 
 def efficientnet_b0_blocks(
-    stages: tuple[StageConfig, ...] = EFFICIENTNET_B0_STAGES,
+    stages: tuple[StageConfig, ...] = EFFICIENTNET_B0_STAGES, depth_coefficient: float = 1.0
 ) -> tuple[BlockConfig, ...]:
     """The per-block configuration, in the order of efficientnet_pytorch's ``_blocks``.
 
     Args:
         stages: the stage table (default: B0).
+        depth_coefficient: EfficientNet depth scaling, ``ceil(depth_coefficient * repeats)`` blocks per stage
+            (1.0 for B0; small values keep one block per stage, for quick tests).
 
     Returns:
         One :class:`BlockConfig` per block (16 for B0): the first block of a stage has the stage stride and
@@ -147,7 +150,7 @@ def efficientnet_b0_blocks(
     """
     blocks = []
     for stage in stages:
-        for r in range(stage.repeats):
+        for r in range(math.ceil(depth_coefficient * stage.repeats)):
             blocks.append(
                 BlockConfig(
                     kernel=stage.kernel,
@@ -264,11 +267,14 @@ class EfficientNetB0(nn.Module):
         drop_connect_rate: maximum stochastic depth rate; block ``i`` of ``n`` uses ``rate * i / n``
             (efficientnet_pytorch default 0.2). Needs a ``'dropout'`` rng when ``train=True``.
         dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+        depth_coefficient: blocks per stage ``ceil(depth_coefficient * repeats)``; 1.0 is B0 (the only depth
+            whose standard weights convert).
     """
 
     include_head: bool = False
     drop_connect_rate: float = DROP_CONNECT_RATE
     dtype: Any = jnp.float32
+    depth_coefficient: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
@@ -284,7 +290,7 @@ class EfficientNetB0(nn.Module):
             'reduction_4': [b h/16 w/16 112], 'reduction_5': [b h/32 w/32 320]}`` (sizes rounded up), plus
             ``'reduction_6': [b h/32 w/32 1280]`` with ``include_head``.
         """
-        blocks = efficientnet_b0_blocks()
+        blocks = efficientnet_b0_blocks(depth_coefficient=self.depth_coefficient)
         endpoints_at = endpoint_blocks(blocks)
         bn = functools.partial(_batch_norm, train, self.dtype)
 

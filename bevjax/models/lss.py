@@ -34,17 +34,21 @@ def normalize_images(images: jnp.ndarray) -> jnp.ndarray:
 class CamEncoder(nn.Module):
     """Per-camera features and depth distribution (LSS ``CamEncode``).
 
-    ``stride`` 16 fuses trunk reductions 5 and 4 (LSS); 8 also fuses reduction 3 (NRSeg).
+    ``stride`` 16 fuses trunk reductions 5 and 4 (LSS); 8 also fuses reduction 3 (NRSeg). ``trunk_depth`` is the
+    EfficientNet depth coefficient (1.0: B0).
     """
 
     depth_bins: int
     context_channels: int = 64
     stride: int = 16
     drop_connect_rate: float = 0.2
+    trunk_depth: float = 1.0
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool):
-        ends = EfficientNetB0(drop_connect_rate=self.drop_connect_rate, name="trunk")(images, train)
+        ends = EfficientNetB0(
+            drop_connect_rate=self.drop_connect_rate, depth_coefficient=self.trunk_depth, name="trunk"
+        )(images, train)
         x = Up(512)(ends["reduction_5"], ends["reduction_4"], train)  # b h/16 w/16 512
         if self.stride == 8:
             x = Up(256)(x, ends["reduction_3"], train)  # b h/8 w/8 256
@@ -86,6 +90,7 @@ class LSS(nn.Module):
     geometry: LSSGeometry = LSSGeometry()
     context_channels: int = 64
     drop_connect_rate: float = 0.2
+    trunk_depth: float = 1.0
 
     @nn.compact
     def __call__(self, images, intrinsics, cam_to_ego, post_rots, post_trans, train: bool = False):
@@ -99,7 +104,12 @@ class LSS(nn.Module):
             )
         x = normalize_images(images.reshape(b * n, h, w, 3))  # (b n) h w 3
         features, depth, _ = CamEncoder(
-            g.depth_bins, self.context_channels, g.stride, self.drop_connect_rate, name="camencode"
+            g.depth_bins,
+            self.context_channels,
+            g.stride,
+            self.drop_connect_rate,
+            self.trunk_depth,
+            name="camencode",
         )(x, train)
         fh, fw = features.shape[1:3]
         features = features.reshape(b, n, fh, fw, g.depth_bins, self.context_channels)

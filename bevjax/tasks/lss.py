@@ -44,6 +44,7 @@ class LSSTask:
             geometry=LSSGeometry(tuple(config.data.world.image_hw), m.stride, tuple(m.dbound), self.grid),
             context_channels=m.context_channels,
             drop_connect_rate=m.drop_connect_rate,
+            trunk_depth=m.trunk_depth,
         )
 
     # Data --------------------------------------------------------------------------------------------------

@@ -69,6 +69,14 @@ def _variables(state) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def init_variables(task, rng: jax.Array, batch: dict) -> dict:
+    """``task.init(rng, batch)``, jit-compiled; on CPU without XLA's backend optimisations, which halves the
+    compile time of a program that runs once (the LSS initialisers alone took 15 s to compile)."""
+    lowered = jax.jit(task.init).lower(rng, batch)
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return lowered.compile(compiler_options=options)(rng, batch)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), then evaluates.
 
@@ -89,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx = make_optimizer(config.optim, tc.steps)
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     first = next(make_iterator(dataset))
-    variables = jax.jit(task.init)(init_rng, first)
+    variables = init_variables(task, init_rng, first)
     state = replicate(create_train_state(variables, tx), mesh)
     del first, variables
 
@@ -161,7 +169,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
     source = task.eval_source()
     first = _stack([task.eval_example(source[0])])
-    variables = jax.jit(task.init)(jax.random.PRNGKey(0), first)
+    variables = init_variables(task, jax.random.PRNGKey(0), first)
     tx = make_optimizer(config.optim, config.train.steps)
     template = replicate(create_train_state(variables, tx), mesh)
     state = ckpt.restore(template)
