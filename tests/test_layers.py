@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -59,3 +60,22 @@ def test_conv_with_fast_kernel_gradient_equals_flax_conv(kernel, stride):
     got = jax.grad(loss(fast), argnums=(0, 1))(variables, x)
     want = jax.grad(loss(ref), argnums=(0, 1))(variables, x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got, want)
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,pad", [((10, 13), 7, 2, 3), ((9, 9), 3, 2, 1), ((8, 8), 1, 2, 0), ((7, 10), 4, 2, 1),
+                               ((12, 11), 3, 3, 1), ((9, 14), 5, 2, 0)],
+)  # fmt: skip
+def test_strided_input_gradient_equals_xla_transpose(size, kernel, stride, pad):
+    """The phase-wise input gradient of a strided convolution equals XLA's transposed convolution (float64)."""
+    from bevjax.models.layers import _conv, _strided_input_grad
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, *size, 3))
+    w = rng.normal(size=(kernel, kernel, 3, 4))
+    padding = ((pad, pad), (pad, pad))
+    with jax.enable_x64(True):
+        y, vjp = jax.vjp(lambda x_: _conv(x_, w, stride, padding), x)
+        g = rng.normal(size=y.shape)
+        got = _strided_input_grad(jnp.asarray(g), jnp.asarray(w), x.shape, stride, padding)
+        np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-12, atol=1e-12)
