@@ -2,7 +2,9 @@
 
 Flags: ``--config`` (an ml_collections config file, ``path.py[:variant]``, with ``--config.a.b=value``
 overrides), ``--workdir`` (checkpoints, metrics, pictures; a rerun resumes), ``--distributed`` (call
-``jax.distributed.initialize()`` first, for multi-process runs on pods and clusters).
+``jax.distributed.initialize()`` first, for multi-process runs on pods and clusters; where the cluster is not
+detected automatically (TPU, Slurm, Open MPI are), also ``--coordinator_address=host:port --num_processes=N
+--process_id=i``). On CPU, processes exchange gradients through gloo.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, pictures).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,7 +31,10 @@ def main(argv):
     import jax
 
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices across processes
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif any(f.present for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+        raise app.UsageError("--coordinator_address, --num_processes and --process_id need --distributed")
     from bevjax.training.trainer import train_and_evaluate
 
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)

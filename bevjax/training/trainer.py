@@ -147,9 +147,9 @@ def finish(
     if logger is not None:
         logger.write(step, res, prefix="eval")
         logger.close()
-    print(f"\nIoU per class on {config.data.eval_split} (threshold: logit > {config.eval.threshold}):")
-    print(acc.table(), flush=True)
     if jax.process_index() == 0:
+        print(f"\nIoU per class on {config.data.eval_split} (threshold: logit > {config.eval.threshold}):")
+        print(acc.table(), flush=True)
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump({"step": step, "split": config.data.eval_split, **res}, f, indent=2)
         example = task.eval_example(task.eval_source()[config.eval.picture_index])
