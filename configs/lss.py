@@ -72,7 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.bev_flip = False
     c.augment.color_jitter = False
 
-    c.loss = ml_collections.ConfigDict(dict(pos_weight=2.13, visible_only=False))
+    # BCE pos_weight (LSS: 2.13), and per class where object_pos_weight differs: vehicle and pedestrian cells
+    # are about 1% of the map, and share one loss with the map classes here (LSS trains one model per class).
+    c.loss = ml_collections.ConfigDict(dict(pos_weight=2.13, object_pos_weight=2.13, visible_only=False))
     c.optim = ml_collections.ConfigDict(
         dict(
             name="adam",

@@ -40,3 +40,7 @@ def test_bce_with_pos_weight_matches_float64_formula():
     want_masked = np.mean(-(2.13 * y * np.log(s) + (1 - y) * np.log(1 - s))[0])
     got = float(bce_with_logits(jnp.asarray(z, jnp.float32), y, 2.13, mask=mask))
     assert got == pytest.approx(want_masked, rel=1e-5)
+    per_class = np.array([2.13, 8.0])  # one weight per class (last axis)
+    want = np.mean(-(per_class * y * np.log(s) + (1 - y) * np.log(1 - s)))
+    got = float(bce_with_logits(jnp.asarray(z, jnp.float32), y, jnp.asarray(per_class, jnp.float32)))
+    assert got == pytest.approx(want, rel=1e-5)

@@ -131,6 +131,15 @@ def test_config_variants_and_errors():
         lss_config.get_config("huge")
 
 
+def test_per_class_pos_weight():
+    from bevjax.tasks.lss import LSSTask
+
+    c = lss_config.get_config("tiny")
+    c.loss.pos_weight, c.loss.object_pos_weight = 2.0, 5.0
+    c.model.classes = ("vehicle", "drivable_area", "pedestrian")
+    np.testing.assert_array_equal(LSSTask(c).pos_weight, [5.0, 2.0, 5.0])
+
+
 def test_bad_override_names_the_key(tmp_path, data_dir):
     result = _cli("train", tmp_path, data_dir, "--config.train.stepz=3", check=False)
     assert result.returncode != 0 and "stepz" in result.stderr

@@ -47,6 +47,13 @@ class LSSTask:
             trunk_depth=m.trunk_depth,
         )
 
+    @property
+    def pos_weight(self) -> np.ndarray:
+        """[k] BCE positive weights: ``loss.pos_weight``, ``loss.object_pos_weight`` for vehicle and pedestrian."""
+        objects = np.isin(self.classes, ("vehicle", "pedestrian"))
+        loss = self.config.loss
+        return np.where(objects, loss.object_pos_weight, loss.pos_weight).astype(np.float32)
+
     # Data --------------------------------------------------------------------------------------------------
     def batch_keys(self) -> tuple[str, ...]:
         return MODEL_KEYS + TARGET_KEYS
@@ -115,7 +122,7 @@ class LSSTask:
             mutable=["batch_stats"],
         )
         mask = batch["bev_visibility"][..., None] if self.config.loss.visible_only else None
-        loss = bce_with_logits(logits, self.targets(batch), self.config.loss.pos_weight, mask)
+        loss = bce_with_logits(logits, self.targets(batch), self.pos_weight, mask)
         return loss, ({"bce": loss}, updates["batch_stats"])
 
     @functools.cached_property
