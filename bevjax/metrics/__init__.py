@@ -1,5 +1,12 @@
-"""Metrics: segmentation IoU (and, per method, more)."""
+"""Metrics: segmentation IoU, Argoverse 2 scene flow."""
 
 from bevjax.metrics.iou import IoUAccumulator, confusion_counts
+from bevjax.metrics.scene_flow import BucketedEPEAccumulator, SceneFlowAccumulator, evaluate_pair
 
-__all__ = ["IoUAccumulator", "confusion_counts"]
+__all__ = [
+    "BucketedEPEAccumulator",
+    "IoUAccumulator",
+    "SceneFlowAccumulator",
+    "confusion_counts",
+    "evaluate_pair",
+]
