@@ -1,0 +1,280 @@
+"""One nuScenes keyframe in the batch schema of ``bevjax.schema``.
+
+The sample's ego frame is the ego pose at the LIDAR_TOP timestamp. Each camera was captured at its own
+timestamp with its own ego pose, so its extrinsics are chained through the global frame,
+ego_lidar <- global <- ego_cam <- cam. Labels come from the sample_annotation boxes (global frame) and the
+log's semantic-prior mask (drivable area only; the other map classes need the map-expansion vectors).
+Keys nuScenes keyframes do not carry (perspective labels, dense depth, scene flow, the next sweep) are zeros,
+with ``next_lidar_valid`` all False.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from bevjax.data.nuscenes.tables import NuScenesTables, rigid_from_pose
+from bevjax.geometry.grid import BEVGrid
+from bevjax.geometry.transforms import invert_rigid, transform_points
+from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, NUSCENES_CAMERAS, SEMANTIC_CLASS_ID
+
+MAP_RESOLUTION = 0.1  # metres per pixel of the semantic-prior masks
+LIDAR_CHANNEL = "LIDAR_TOP"
+
+
+def bev_class_of(category: str) -> str | None:
+    """The schema's BEV object class of a nuScenes category name, or None."""
+    if category.startswith("vehicle."):
+        return "vehicle"
+    if category.startswith("human.pedestrian."):
+        return "pedestrian"
+    return None
+
+
+def box_to_frame(frame_from_global: np.ndarray, ann: dict) -> np.ndarray:
+    """[4, 4] box -> frame transform of a global-frame annotation (box frame: x along length, y width)."""
+    return frame_from_global @ rigid_from_pose(ann)
+
+
+def box_corners(box_to: np.ndarray, size) -> np.ndarray:
+    """[8, 3] corners of a box of nuScenes ``size`` (width, length, height) placed by ``box_to`` [4, 4]."""
+    w, length, h = size
+    signs = np.array([[sx, sy, sz] for sx in (1, -1) for sy in (1, -1) for sz in (1, -1)], np.float64)
+    return transform_points(box_to, signs * np.array([length, w, h]) / 2)
+
+
+def points_in_box(points: np.ndarray, box_to: np.ndarray, size) -> np.ndarray:
+    """[p] bool: points [p, 3] inside the box (``box_to`` [4, 4] maps box frame -> the points' frame)."""
+    w, length, h = size
+    local = transform_points(invert_rigid(box_to), points.astype(np.float64))
+    return np.all(np.abs(local) <= np.array([length, w, h]) / 2, axis=-1)
+
+
+def read_lidar(path: Path) -> np.ndarray:
+    """[p, 5] float32 (x, y, z, intensity, ring) of a ``.pcd.bin`` in the sensor frame."""
+    raw = np.fromfile(path, np.float32)
+    if raw.size % 5:
+        raise ValueError(f"{path}: {raw.size} floats, not a multiple of 5 (x, y, z, intensity, ring)")
+    return raw.reshape(-1, 5)
+
+
+@functools.lru_cache(maxsize=1)
+def map_mask(path: Path) -> np.ndarray:
+    """[H, W] bool semantic-prior mask, decoded once per path and kept (the last one used)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the masks are 15856 x 20250 pixels
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L")) > 127
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def global_to_map_pixel(xy: np.ndarray, mask_height: int) -> np.ndarray:
+    """[..., 2] integer (row, col) pixels of global (x, y) in a mask (the devkit's ``MapMask`` convention).
+
+    Column ``x / 0.1``, row ``H - y / 0.1`` (the image's top row is the map's largest y), truncated.
+    """
+    col = xy[..., 0] / MAP_RESOLUTION
+    row = mask_height - xy[..., 1] / MAP_RESOLUTION
+    return np.stack([row, col], -1).astype(np.int64)
+
+
+def drivable_raster(mask: np.ndarray, ego_to_global: np.ndarray, grid: BEVGrid) -> np.ndarray:
+    """[x, y] uint8: 1 where the cell centre (z = 0) lies on the drivable-area mask [H, W]."""
+    centres = grid.cell_centers()  # x y 2
+    nx, ny = centres.shape[:2]
+    pts = np.concatenate([centres.reshape(-1, 2), np.zeros((nx * ny, 1))], -1).astype(np.float64)
+    rc = global_to_map_pixel(transform_points(ego_to_global, pts)[:, :2], mask.shape[0])
+    inside = (rc[:, 0] >= 0) & (rc[:, 0] < mask.shape[0]) & (rc[:, 1] >= 0) & (rc[:, 1] < mask.shape[1])
+    rc = np.where(inside[:, None], rc, 0)
+    on = inside & mask[rc[:, 0], rc[:, 1]]
+    return on.reshape(nx, ny).astype(np.uint8)
+
+
+def object_raster(boxes: list[tuple[str, np.ndarray, list]], grid: BEVGrid) -> np.ndarray:
+    """[x, y, k] uint8 object layers: box footprints (ego frame) drawn as filled polygons.
+
+    Args:
+      boxes: (bev class, box -> ego [4, 4], size (w, l, h)) per object.
+    """
+    nx, ny, _ = grid.shape
+    out = np.zeros((nx, ny, NUM_BEV_CLASSES), np.uint8)
+    layers = {}
+    for name, box_to_ego, size in boxes:
+        if name not in layers:
+            layers[name] = Image.new("L", (ny, nx), 0)  # image columns = grid y, rows = grid x
+        corners = box_corners(box_to_ego, size)[::2, :2]  # 4 bottom corners, in ring order
+        corners = corners[[0, 1, 3, 2]]
+        # Cell (i, j) is pixel (row i, col j) whose centre PIL puts at integer coordinates.
+        i = (corners[:, 0] - grid.xbound[0]) / grid.xbound[2] - 0.5
+        j = (corners[:, 1] - grid.ybound[0]) / grid.ybound[2] - 0.5
+        ImageDraw.Draw(layers[name]).polygon(list(zip(j.tolist(), i.tolist(), strict=True)), fill=1)
+    for name, layer in layers.items():
+        out[..., BEV_CLASS_ID[name]] = np.asarray(layer)
+    return out
+
+
+def frustum_visibility(intrinsics, cam_to_ego, image_hw, grid: BEVGrid) -> np.ndarray:
+    """[x, y] uint8: 1 where the cell centre (z = 0) projects inside some image, in front of the camera."""
+    centres = grid.cell_centers()
+    nx, ny = centres.shape[:2]
+    pts = np.concatenate([centres.reshape(-1, 2), np.zeros((nx * ny, 1))], -1).astype(np.float64)
+    h, w = image_hw
+    seen = np.zeros(len(pts), bool)
+    for k_mat, c2e in zip(intrinsics, cam_to_ego, strict=True):
+        cam = transform_points(invert_rigid(c2e.astype(np.float64)), pts)  # p 3
+        z = cam[:, 2]
+        uv = cam @ k_mat.astype(np.float64).T
+        uv = uv[:, :2] / np.maximum(z[:, None], 1e-6)
+        seen |= (
+            (z > 0.1) & (uv[:, 0] >= -0.5) & (uv[:, 0] < w - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] < h - 0.5)
+        )
+    return seen.reshape(nx, ny).astype(np.uint8)
+
+
+def load_image(path: Path, intrinsic: np.ndarray, image_hw) -> tuple[np.ndarray, np.ndarray]:
+    """[h, w, 3] uint8 image, resized to ``image_hw`` when given, and its [3, 3] intrinsics scaled to match.
+
+    Pixel centres sit at integer coordinates, so u' = s (u + 0.5) - 0.5.
+    """
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        k = intrinsic.copy()
+        if image_hw is not None and tuple(image_hw) != (img.height, img.width):
+            h, w = image_hw
+            sx, sy = w / img.width, h / img.height
+            k[0] *= sx
+            k[1] *= sy
+            k[0, 2] += 0.5 * sx - 0.5
+            k[1, 2] += 0.5 * sy - 0.5
+            img = img.resize((w, h), Image.BILINEAR)
+        return np.asarray(img, np.uint8), k
+
+
+def camera_to_lidar_ego(tables: NuScenesTables, cam_sd: dict, lidar_sd: dict) -> np.ndarray:
+    """[4, 4] float64 camera -> ego at the LiDAR timestamp: ego_lidar <- global <- ego_cam <- cam."""
+    global_from_cam = tables.ego_to_global(cam_sd) @ tables.sensor_to_ego(cam_sd)
+    return invert_rigid(tables.ego_to_global(lidar_sd)) @ global_from_cam
+
+
+def annotation_boxes(tables: NuScenesTables, sample_token: str, ego_from_global: np.ndarray) -> list[dict]:
+    """The sample's annotations with ``box_to_ego`` [4, 4] and ``bev_class`` (None for other categories)."""
+    out = []
+    for ann in tables.annotations(sample_token):
+        ann["box_to_ego"] = box_to_frame(ego_from_global, ann)
+        ann["bev_class"] = bev_class_of(ann["category_name"])
+        out.append(ann)
+    return out
+
+
+def _lidar_labels(points: np.ndarray, boxes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """[p] uint8 semantic class and [p] int32 instance (annotation index + 1) of points inside object boxes."""
+    cls = np.zeros(len(points), np.uint8)
+    inst = np.zeros(len(points), np.int32)
+    for n, box in enumerate(boxes):
+        if box["bev_class"] is None:
+            continue
+        inside = points_in_box(points, box["box_to_ego"], box["size"])
+        cls[inside] = SEMANTIC_CLASS_ID[box["bev_class"]]
+        inst[inside] = n + 1
+    return cls, inst
+
+
+def _pad(a: np.ndarray, p: int) -> np.ndarray:
+    out = np.zeros((p,) + a.shape[1:], a.dtype)
+    out[: min(p, len(a))] = a[:p]
+    return out
+
+
+def load_sample(
+    tables: NuScenesTables,
+    sample_token: str,
+    grid: BEVGrid | None = None,
+    image_hw: tuple[int, int] | None = None,
+    num_points: int | None = None,
+    cameras: tuple[str, ...] = NUSCENES_CAMERAS,
+) -> dict:
+    """One keyframe as a dict of NumPy arrays following ``bevjax.schema``.
+
+    Args:
+      tables: the dataroot's tables.
+      sample_token: the keyframe.
+      grid: BEV grid of the labels (default ``BEVGrid()``).
+      image_hw: resize images (and scale intrinsics) to this size; None keeps the stored size.
+      num_points: pad (or cut) the LiDAR sweep to this many points; None keeps them all.
+      cameras: camera channels in order.
+
+    Returns:
+      The schema's keys; ``lidar_points`` [p, 3] in the ego frame at the LiDAR timestamp.
+    """
+    grid = grid or BEVGrid()
+    sample = tables.get("sample", sample_token)
+    lidar_sd = tables.sample_data(sample_token, LIDAR_CHANNEL)
+    ego_to_global = tables.ego_to_global(lidar_sd)
+    ego_from_global = invert_rigid(ego_to_global)
+
+    images, intrinsics, cam_to_ego = [], [], []
+    for channel in cameras:
+        sd = tables.sample_data(sample_token, channel)
+        img, k = load_image(tables.path(sd), tables.camera_intrinsic(sd), image_hw)
+        images.append(img)
+        intrinsics.append(k)
+        cam_to_ego.append(camera_to_lidar_ego(tables, sd, lidar_sd))
+    images = np.stack(images)  # n h w 3
+    hw = images.shape[1:3]
+
+    raw = read_lidar(tables.path(lidar_sd))
+    points = transform_points(tables.sensor_to_ego(lidar_sd), raw[:, :3].astype(np.float64))  # p 3
+    p = len(points) if num_points is None else int(num_points)
+    boxes = annotation_boxes(tables, sample_token, ego_from_global)
+    lidar_class, lidar_instance = _lidar_labels(points, boxes)
+
+    objects = [(b["bev_class"], b["box_to_ego"], b["size"]) for b in boxes if b["bev_class"] is not None]
+    bev = object_raster(objects, grid)
+    bev[..., BEV_CLASS_ID["drivable_area"]] = drivable_raster(
+        map_mask(tables.map_path(sample_token)), ego_to_global, grid
+    )
+    n = len(cameras)
+    scene_samples = tables.scene_samples(sample["scene_token"])
+    first = tables.get("sample", scene_samples[0])
+    f32 = np.float32
+    return {
+        "images": images,
+        "intrinsics": np.stack(intrinsics).astype(f32),
+        "cam_to_ego": np.stack(cam_to_ego).astype(f32),
+        "ego_to_world": ego_to_global.astype(f32),
+        "post_rots": np.tile(np.eye(3, dtype=f32), (n, 1, 1)),
+        "post_trans": np.zeros((n, 3), f32),
+        "bev_labels": bev,
+        "bev_visibility": frustum_visibility(intrinsics, cam_to_ego, hw, grid),
+        "pv_labels": np.zeros((n, *hw), np.uint8),
+        "depth": np.zeros((n, *hw), f32),
+        "lidar_points": _pad(points.astype(f32), p),
+        "lidar_valid": np.arange(p) < len(points),
+        "lidar_class": _pad(lidar_class, p),
+        "lidar_instance": _pad(lidar_instance, p),
+        "lidar_ground": np.zeros(p, bool),
+        "lidar_flow": np.zeros((p, 3), f32),
+        "next_ego_from_ego": np.eye(4, dtype=f32),
+        "next_lidar_points": np.zeros((p, 3), f32),
+        "next_lidar_valid": np.zeros(p, bool),
+        "sequence_id": np.int32(list(tables.tables["scene"]).index(sample["scene_token"])),
+        "frame_index": np.int32(scene_samples.index(sample_token)),
+        "timestamp": np.float64((sample["timestamp"] - first["timestamp"]) * 1e-6),
+        "noise_level": f32(0.0),
+    }
+
+
+__all__ = [
+    "annotation_boxes",
+    "bev_class_of",
+    "box_corners",
+    "camera_to_lidar_ego",
+    "drivable_raster",
+    "load_sample",
+    "map_mask",
+    "points_in_box",
+]
