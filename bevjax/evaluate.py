@@ -1,6 +1,9 @@
 """Evaluate the latest checkpoint of a run: ``python -m bevjax.evaluate --config configs/lss.py --workdir runs/lss``.
 
-Prints the per-class IoU table and writes ``eval.json`` and ``prediction.png`` into the workdir.
+Prints the per-class IoU table and writes ``eval.json`` and ``prediction.png`` into the workdir. On real data:
+``--dataset nuscenes --data_dir ../shared/data/nuscenes`` evaluates on the keyframes of a nuScenes dataroot
+(``eval_nuscenes.json``, ``prediction_nuscenes.png``; only drivable area, vehicle and pedestrian are labelled
+there without the map-expansion layers).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
+_DATASET = flags.DEFINE_enum("dataset", "world", ["world", "nuscenes"], "Evaluation data.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "With --dataset nuscenes: the dataroot.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,7 +27,9 @@ def main(argv):
     check_command_line(argv)
     from bevjax.training.trainer import evaluate
 
-    evaluate(_CONFIG.value, _WORKDIR.value)
+    if _DATASET.value != "world" and not _DATA_DIR.value:
+        raise app.UsageError(f"--dataset {_DATASET.value} needs --data_dir")
+    evaluate(_CONFIG.value, _WORKDIR.value, _DATASET.value, _DATA_DIR.value)
 
 
 if __name__ == "__main__":

@@ -218,3 +218,21 @@ def test_visibility_and_preview(example, tmp_path):
     img = np.asarray(Image.open(path))
     assert img.shape == (2 * GRID.shape[0], 2 * GRID.shape[1], 3)
     assert img.max() > 0
+
+
+def test_source_and_version_errors(tmp_path):
+    from bevjax.data.nuscenes.source import NuScenesSource, find_version
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_version(tmp_path / "nope")
+    with pytest.raises(ValueError, match="found none"):
+        find_version(tmp_path)
+    (tmp_path / "v1.0-mini").mkdir()
+    (tmp_path / "v1.0-test").mkdir()
+    with pytest.raises(ValueError, match="several"):
+        find_version(tmp_path)
+    if not DATAROOT.is_dir():
+        pytest.skip(f"real nuScenes sample not found at {DATAROOT} (shared test data absent)")
+    source = NuScenesSource(DATAROOT, BEVGrid(), cameras=("CAM_FRONT", "CAM_BACK"))
+    assert len(source) == 1 and source.name == "nuscenes/v1.0-test"
+    assert source[0]["images"].shape[0] == 2

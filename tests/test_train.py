@@ -98,6 +98,24 @@ def test_evaluate_command_reproduces_the_final_evaluation(tiny_run, data_dir):
             assert evaluated[key] == value, key
 
 
+def test_evaluate_on_real_nuscenes_keyframe(tiny_run, data_dir):
+    """A world-trained model evaluated on the real nuScenes sample: the path works end to end."""
+    dataroot = os.path.join(ROOT, "..", "shared", "data", "nuscenes")
+    if not os.path.isdir(dataroot):
+        pytest.skip(
+            f"real nuScenes sample not found at {os.path.abspath(dataroot)} (shared test data absent)"
+        )
+    workdir, _ = tiny_run
+    out = _cli("evaluate", workdir, data_dir, "--dataset=nuscenes", f"--data_dir={dataroot}").stdout
+    assert "IoU per class on nuscenes/v1.0-test" in out
+    result = json.load(open(workdir / "eval_nuscenes.json"))
+    assert result["step"] == 8 and result["split"] == "nuscenes/v1.0-test"
+    assert (workdir / "prediction_nuscenes.png").stat().st_size > 1000
+    assert json.load(open(workdir / "eval.json"))["split"] == "boston_val"  # the world result is kept
+    result = _cli("evaluate", workdir, data_dir, "--dataset=nuscenes", check=False)
+    assert result.returncode != 0 and "--data_dir" in result.stderr
+
+
 def test_killed_run_resumes_to_identical_parameters(tiny_run, tmp_path, data_dir):
     reference_dir, _ = tiny_run
     workdir = tmp_path / "killed"

@@ -40,13 +40,13 @@ def _stack(examples: list[dict]) -> dict:
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def eval_batches(task, batch_size: int, max_examples: int = 0):
-    """Yields (local batch, valid [b]) over the evaluation split in order.
+def eval_batches(task, batch_size: int, max_examples: int = 0, source=None):
+    """Yields (local batch, valid [b]) over the evaluation split (or ``source``) in order.
 
     ``batch_size`` is global: each process reads its own slice of every batch (``shard_batch`` assembles the
     global array) while ``valid`` covers the global batch; the last batch is padded with valid = 0.
     """
-    source = task.eval_source()
+    source = task.eval_source() if source is None else source
     n = len(source) if not max_examples else min(len(source), max_examples)
     local = batch_size // jax.process_count()
     mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
@@ -57,10 +57,12 @@ def eval_batches(task, batch_size: int, max_examples: int = 0):
         yield _stack([task.eval_example(source[i]) for i in idx[mine]]), valid
 
 
-def evaluate_state(task, variables: dict, config: ml_collections.ConfigDict, mesh) -> IoUAccumulator:
-    """IoU per class over the evaluation split."""
+def evaluate_state(
+    task, variables: dict, config: ml_collections.ConfigDict, mesh, source=None
+) -> IoUAccumulator:
+    """IoU per class over the evaluation split (or ``source``: any sequence of schema examples)."""
     acc = IoUAccumulator(task.classes)
-    for batch, valid in eval_batches(task, config.eval.batch_size, config.eval.max_examples):
+    for batch, valid in eval_batches(task, config.eval.batch_size, config.eval.max_examples, source):
         acc.update(task.eval_counts(variables, shard_batch(batch, mesh), valid))
     return acc
 
@@ -139,27 +141,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def finish(
-    task, variables, config, workdir: str, mesh, step: int, logger: MetricLogger | None = None
+    task,
+    variables,
+    config,
+    workdir: str,
+    mesh,
+    step: int,
+    logger: MetricLogger | None = None,
+    source=None,
+    name: str = "",
 ) -> dict:
-    """Final evaluation: IoU table on stdout, ``eval.json`` and ``prediction.png`` in ``workdir``."""
-    acc = evaluate_state(task, variables, config, mesh)
+    """Final evaluation: IoU table on stdout, ``eval.json`` and ``prediction.png`` in ``workdir``.
+
+    ``source`` (with its ``name``, e.g. ``nuscenes/v1.0-mini``) replaces the config's evaluation split; the
+    files are then ``eval_<dataset>.json`` and ``prediction_<dataset>.png``.
+    """
+    split = name or config.data.eval_split
+    suffix = "_" + name.split("/")[0] if name else ""
+    acc = evaluate_state(task, variables, config, mesh, source)
     res = acc.result()
     if logger is not None:
         logger.write(step, res, prefix="eval")
         logger.close()
     if jax.process_index() == 0:
-        print(f"\nIoU per class on {config.data.eval_split} (threshold: logit > {config.eval.threshold}):")
+        print(f"\nIoU per class on {split} (threshold: logit > {config.eval.threshold}):")
         print(acc.table(), flush=True)
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump({"step": step, "split": config.data.eval_split, **res}, f, indent=2)
-        example = task.eval_example(task.eval_source()[config.eval.picture_index])
-        path = save_png(task.picture(variables, example), os.path.join(workdir, "prediction.png"))
-        print(f"wrote {os.path.join(workdir, 'eval.json')} and {path}", flush=True)
+        result_path = os.path.join(workdir, f"eval{suffix}.json")
+        with open(result_path, "w") as f:
+            json.dump({"step": step, "split": split, **res}, f, indent=2)
+        source = task.eval_source() if source is None else source
+        example = task.eval_example(source[min(config.eval.picture_index, len(source) - 1)])
+        path = save_png(task.picture(variables, example), os.path.join(workdir, f"prediction{suffix}.png"))
+        print(f"wrote {result_path} and {path}", flush=True)
     return res
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the latest checkpoint in ``workdir``: IoU table, ``eval.json`` and the picture."""
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str, dataset: str = "world", data_dir: str = ""
+) -> dict:
+    """Evaluates the latest checkpoint in ``workdir``: IoU table, ``eval.json`` and the picture.
+
+    ``dataset='nuscenes'`` evaluates on the keyframes of the nuScenes dataroot ``data_dir`` instead of the
+    config's split (writing ``eval_nuscenes.json`` and ``prediction_nuscenes.png``).
+    """
     task = make_task(config)
     mesh = make_mesh()
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -167,7 +191,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise FileNotFoundError(
             f"no checkpoint in {ckpt.directory}: train first (python -m bevjax.train ...)"
         )
-    source = task.eval_source()
+    name = ""
+    if dataset == "world":
+        source = task.eval_source()
+    elif dataset == "nuscenes":
+        from bevjax.data.nuscenes.source import NuScenesSource
+
+        source = NuScenesSource(data_dir, task.grid, cameras=tuple(config.data.world.cameras))
+        name = source.name
+    else:
+        raise ValueError(f"dataset={dataset!r}: choose from world, nuscenes")
     first = _stack([task.eval_example(source[0])])
     variables = init_variables(task, jax.random.PRNGKey(0), first)
     tx = make_optimizer(config.optim, config.train.steps)
@@ -175,4 +208,4 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = ckpt.restore(template)
     ckpt.close()
     print(f"evaluating step {int(state.step)} from {ckpt.directory}", flush=True)
-    return finish(task, _variables(state), config, workdir, mesh, int(state.step))
+    return finish(task, _variables(state), config, workdir, mesh, int(state.step), source=source, name=name)
