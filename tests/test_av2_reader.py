@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bevjax.data.av2 import AV2Log, points_in_cuboids, read_columns
-from bevjax.geometry.transforms import pose2d
+from bevjax.data.av2 import AV2Log, read_columns
+from bevjax.geometry.transforms import points_in_boxes, pose2d
 
 LOG_DIR = (
     Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_cuboids_and_interior_counts(log, pair):
     assert m > 0 and boxes["ego_from_object"].shape == (m, 4, 4) and boxes["size"].shape == (m, 3)
     assert len(boxes["track_id"]) == m and len(set(boxes["track_id"])) == m  # one box per track
     assert np.all(boxes["size"] > 0)
-    inside = points_in_cuboids(pair["sweep"]["lidar_points"], boxes["ego_from_object"], boxes["size"])
+    inside = points_in_boxes(pair["sweep"]["lidar_points"], boxes["ego_from_object"], boxes["size"])
     counts = inside.sum(0)
     if "num_interior_pts" in boxes:
         np.testing.assert_array_equal(counts, boxes["num_interior_pts"])
@@ -97,7 +97,7 @@ def test_cuboids_and_interior_counts(log, pair):
     assert len(log.cuboids(123)["category"]) == 0  # no annotations at an unknown time
 
 
-def test_points_in_cuboids_brute_force():
+def test_points_in_boxes_brute_force():
     rng = np.random.default_rng(0)
     poses = pose2d([1.0, -3.0], [2.0, 0.5], [0.3, -1.2], [0.5, 1.0])  # m 4 4
     sizes = np.array([[4.0, 2.0, 1.5], [1.0, 0.6, 1.8]])
@@ -105,7 +105,7 @@ def test_points_in_cuboids_brute_force():
     pts = np.concatenate(
         [rng.uniform(-6, 6, (2000, 3))] + [t + rng.normal(0, 0.5, (100, 3)) for t in poses[:, :3, 3]]
     )
-    got = points_in_cuboids(pts, poses, sizes)
+    got = points_in_boxes(pts, poses, sizes)
     for j in range(2):
         rot, t = poses[j, :3, :3], poses[j, :3, 3]
         for i in range(0, len(pts), 3):

@@ -2,13 +2,14 @@
 
 from bevjax.geometry.frustum import create_frustum, frustum_to_ego
 from bevjax.geometry.grid import BEVGrid
-from bevjax.geometry.transforms import invert_rigid, pose2d, transform_points
+from bevjax.geometry.transforms import invert_rigid, points_in_boxes, pose2d, transform_points
 
 __all__ = [
     "BEVGrid",
     "create_frustum",
     "frustum_to_ego",
     "invert_rigid",
+    "points_in_boxes",
     "pose2d",
     "transform_points",
 ]

@@ -42,3 +42,19 @@ def quaternion_to_matrix(q) -> np.ndarray:
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
         ]
     )
+
+
+def points_in_boxes(points, frame_from_box, sizes) -> np.ndarray:
+    """[n, m] bool: point i lies inside box j (boundary included).
+
+    Args:
+      points: [n, 3] in some frame.
+      frame_from_box: [m, 4, 4] box poses in that frame (box frame centred in the box, x along the length).
+      sizes: [m, 3] length, width, height in metres.
+    """
+    pts = np.asarray(points, np.float64)
+    box_from_frame = invert_rigid(np.asarray(frame_from_box, np.float64))  # m 4 4
+    m = len(box_from_frame)
+    rot = box_from_frame[:, :3, :3].reshape(m * 3, 3)  # (m i) j
+    local = (pts @ rot.T).reshape(len(pts), m, 3) + box_from_frame[None, :, :3, 3]  # n m 3
+    return np.all(np.abs(local) <= 0.5 * np.asarray(sizes, np.float64)[None], axis=-1)

@@ -1,5 +1,5 @@
 """Argoverse 2 sensor-log reader (LiDAR sweeps, poses, cuboids, calibration, scene-flow labels)."""
 
-from bevjax.data.av2.reader import AV2Log, points_in_cuboids, read_columns, se3_from_columns
+from bevjax.data.av2.reader import AV2Log, read_columns, se3_from_columns
 
-__all__ = ["AV2Log", "points_in_cuboids", "read_columns", "se3_from_columns"]
+__all__ = ["AV2Log", "read_columns", "se3_from_columns"]

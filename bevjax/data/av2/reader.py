@@ -54,22 +54,6 @@ def se3_from_columns(cols: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def points_in_cuboids(points, ego_from_object, sizes) -> np.ndarray:
-    """[n, m] bool: point i lies inside cuboid j (boundary included).
-
-    Args:
-      points: [n, 3] ego frame.
-      ego_from_object: [m, 4, 4] cuboid poses (object frame centred in the box, x along the length).
-      sizes: [m, 3] length, width, height in metres.
-    """
-    pts = np.asarray(points, np.float64)
-    obj_from_ego = invert_rigid(np.asarray(ego_from_object, np.float64))  # m 4 4
-    m = len(obj_from_ego)
-    rot = obj_from_ego[:, :3, :3].reshape(m * 3, 3)  # (m i) j
-    local = (pts @ rot.T).reshape(len(pts), m, 3) + obj_from_ego[None, :, :3, 3]  # n m 3
-    return np.all(np.abs(local) <= 0.5 * np.asarray(sizes, np.float64)[None], axis=-1)
-
-
 class AV2Log:
     """One Argoverse 2 sensor log: sweeps, poses, cuboids, calibration and (where present) scene-flow labels."""
 

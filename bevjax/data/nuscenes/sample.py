@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from bevjax.data.nuscenes.tables import NuScenesTables, rigid_from_pose
 from bevjax.geometry.grid import BEVGrid
-from bevjax.geometry.transforms import invert_rigid, transform_points
+from bevjax.geometry.transforms import invert_rigid, points_in_boxes, transform_points
 from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, NUSCENES_CAMERAS, SEMANTIC_CLASS_ID
 
 MAP_RESOLUTION = 0.1  # metres per pixel of the semantic-prior masks
@@ -48,9 +48,8 @@ def box_corners(box_to: np.ndarray, size) -> np.ndarray:
 
 def points_in_box(points: np.ndarray, box_to: np.ndarray, size) -> np.ndarray:
     """[p] bool: points [p, 3] inside the box (``box_to`` [4, 4] maps box frame -> the points' frame)."""
-    w, length, h = size
-    local = transform_points(invert_rigid(box_to), points.astype(np.float64))
-    return np.all(np.abs(local) <= np.array([length, w, h]) / 2, axis=-1)
+    w, length, h = size  # nuScenes order
+    return points_in_boxes(points, np.asarray(box_to)[None], [[length, w, h]])[:, 0]
 
 
 def read_lidar(path: Path) -> np.ndarray:
