@@ -190,7 +190,8 @@ def _kernel_grad(x, g, kernel_hw, stride: int, padding):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, w, stride: int, padding):
     """NHWC x HWIO convolution with explicit ``padding`` ((top, bottom), (left, right)) whose kernel gradient
-    is computed by :func:`_kernel_grad` (the input gradient stays XLA's transposed convolution)."""
+    is computed by :func:`_kernel_grad`, and whose input gradient is XLA's transposed convolution at stride 1
+    and :func:`_strided_input_grad` otherwise."""
     return _conv(x, w, stride, padding)
 
 

@@ -158,6 +158,7 @@ def finish(
     """
     split = name or config.data.eval_split
     suffix = "_" + name.split("/")[0] if name else ""
+    source = task.eval_source() if source is None else source
     acc = evaluate_state(task, variables, config, mesh, source)
     res = acc.result()
     if logger is not None:
@@ -169,7 +170,6 @@ def finish(
         result_path = os.path.join(workdir, f"eval{suffix}.json")
         with open(result_path, "w") as f:
             json.dump({"step": step, "split": split, **res}, f, indent=2)
-        source = task.eval_source() if source is None else source
         example = task.eval_example(source[min(config.eval.picture_index, len(source) - 1)])
         path = save_png(task.picture(variables, example), os.path.join(workdir, f"prediction{suffix}.png"))
         print(f"wrote {result_path} and {path}", flush=True)
