@@ -14,8 +14,9 @@ import functools
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from bevjax.data import raster
 from bevjax.data.nuscenes.tables import NuScenesTables, rigid_from_pose
 from bevjax.geometry.grid import BEVGrid
 from bevjax.geometry.transforms import invert_rigid, points_in_boxes, transform_points
@@ -101,37 +102,12 @@ def object_raster(boxes: list[tuple[str, np.ndarray, list]], grid: BEVGrid) -> n
     """
     nx, ny, _ = grid.shape
     out = np.zeros((nx, ny, NUM_BEV_CLASSES), np.uint8)
-    layers = {}
-    for name, box_to_ego, size in boxes:
-        if name not in layers:
-            layers[name] = Image.new("L", (ny, nx), 0)  # image columns = grid y, rows = grid x
-        corners = box_corners(box_to_ego, size)[::2, :2]  # 4 bottom corners, in ring order
-        corners = corners[[0, 1, 3, 2]]
-        # Cell (i, j) is pixel (row i, col j) whose centre PIL puts at integer coordinates.
-        i = (corners[:, 0] - grid.xbound[0]) / grid.xbound[2] - 0.5
-        j = (corners[:, 1] - grid.ybound[0]) / grid.ybound[2] - 0.5
-        ImageDraw.Draw(layers[name]).polygon(list(zip(j.tolist(), i.tolist(), strict=True)), fill=1)
-    for name, layer in layers.items():
-        out[..., BEV_CLASS_ID[name]] = np.asarray(layer)
+    for name in {b[0] for b in boxes}:
+        mine = [b for b in boxes if b[0] == name]
+        poses = np.stack([b[1] for b in mine])
+        length_width = np.array([[b[2][1], b[2][0]] for b in mine], np.float64)  # nuScenes size is (w, l, h)
+        out[..., BEV_CLASS_ID[name]] = raster.fill_boxes(poses, length_width, grid)
     return out
-
-
-def frustum_visibility(intrinsics, cam_to_ego, image_hw, grid: BEVGrid) -> np.ndarray:
-    """[x, y] uint8: 1 where the cell centre (z = 0) projects inside some image, in front of the camera."""
-    centres = grid.cell_centers()
-    nx, ny = centres.shape[:2]
-    pts = np.concatenate([centres.reshape(-1, 2), np.zeros((nx * ny, 1))], -1).astype(np.float64)
-    h, w = image_hw
-    seen = np.zeros(len(pts), bool)
-    for k_mat, c2e in zip(intrinsics, cam_to_ego, strict=True):
-        cam = transform_points(invert_rigid(c2e.astype(np.float64)), pts)  # p 3
-        z = cam[:, 2]
-        uv = cam @ k_mat.astype(np.float64).T
-        uv = uv[:, :2] / np.maximum(z[:, None], 1e-6)
-        seen |= (
-            (z > 0.1) & (uv[:, 0] >= -0.5) & (uv[:, 0] < w - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] < h - 0.5)
-        )
-    return seen.reshape(nx, ny).astype(np.uint8)
 
 
 def load_image(path: Path, intrinsic: np.ndarray, image_hw) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +224,7 @@ def load_sample(
         "post_rots": np.tile(np.eye(3, dtype=f32), (n, 1, 1)),
         "post_trans": np.zeros((n, 3), f32),
         "bev_labels": bev,
-        "bev_visibility": frustum_visibility(intrinsics, cam_to_ego, hw, grid),
+        "bev_visibility": raster.frustum_visibility(intrinsics, cam_to_ego, hw, grid),
         "pv_labels": np.zeros((n, *hw), np.uint8),
         "depth": np.zeros((n, *hw), f32),
         "lidar_points": _pad(points.astype(f32), p),
