@@ -42,6 +42,9 @@ noise_level            []                 float32   label/image disagreement of 
 =====================  =================  ========  ===========================================================
 
 Batches add a leading ``b`` dimension to every key (and ``t`` after it for sequence windows).
+
+Datasets without camera images (Argoverse 2 sweep pairs) carry ``subset_spec(spec)``: every key but
+``CAMERA_IMAGE_KEYS``.
 """
 
 from __future__ import annotations
@@ -126,6 +129,18 @@ def example_spec(
         "timestamp": ((), np.dtype(np.float64)),
         "noise_level": ((), f32),
     }
+
+
+# Keys of datasets without camera images (Argoverse 2 LiDAR sweep pairs): calibration, BEV labels, LiDAR, poses.
+CAMERA_IMAGE_KEYS = ("images", "post_rots", "post_trans", "pv_labels", "depth")
+
+
+def subset_spec(spec: dict, drop: tuple[str, ...] = CAMERA_IMAGE_KEYS) -> dict:
+    """``spec`` without the keys in ``drop`` (by default the per-pixel camera keys)."""
+    unknown = sorted(set(drop) - set(spec))
+    if unknown:
+        raise ValueError(f"subset_spec: keys {unknown} are not in the spec")
+    return {k: v for k, v in spec.items() if k not in drop}
 
 
 def check_example(example: dict, spec: dict, where: str = "example") -> None:
