@@ -190,16 +190,17 @@ def test_vehicle_points_fall_in_vehicle_cells(tables, token, example):
 
 
 def test_drivable_area_matches_cropped_mask(tables, token, example):
-    mask = map_mask(tables.map_path(token))
+    """Independent of the loader: PIL crops the PNG around the ego and turns the crop by the ego's yaw."""
+    Image.MAX_IMAGE_PIXELS = None
     ego = example["ego_to_world"].astype(np.float64)
     yaw = np.degrees(np.arctan2(ego[1, 0], ego[0, 0]))
     radius = 800  # pixels (80 m) around the ego
-    col, row = int(ego[0, 3] / 0.1), int(mask.shape[0] - ego[1, 3] / 0.1)
-    crop = Image.fromarray(
-        mask[row - radius : row + radius, col - radius : col + radius].astype(np.uint8) * 255
-    )
+    with Image.open(tables.map_path(token)) as png:
+        col, row = int(ego[0, 3] / 0.1), int(png.height - ego[1, 3] / 0.1)
+        crop = png.convert("L").crop((col - radius, row - radius, col + radius, row + radius))
     # Turn the crop so that ego x points right and ego y up (PIL turns counter-clockwise).
     aligned = np.asarray(crop.rotate(-yaw, resample=Image.NEAREST)) > 127
+    assert map_mask(tables.map_path(token)).shape == (png.height, png.width)
     centres = GRID.cell_centers().astype(np.float64)  # x y 2
     c = np.floor(radius + centres[..., 0] / 0.1).astype(int)
     r = np.floor(radius - centres[..., 1] / 0.1).astype(int)
@@ -236,3 +237,119 @@ def test_source_and_version_errors(tmp_path):
     source = NuScenesSource(DATAROOT, BEVGrid(), cameras=("CAM_FRONT", "CAM_BACK"))
     assert len(source) == 1 and source.name == "nuscenes/v1.0-test"
     assert source[0]["images"].shape[0] == 2
+
+
+@pytest.fixture(scope="module")
+def augmented_root(tables, tmp_path_factory):
+    """A copy of the real dataroot with one earlier LiDAR sweep (the keyframe's file, recorded 1 m behind and
+    turned 5 degrees) and a map-expansion file for its location (a square road, a walkway and a divider)."""
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("nuscenes_aug") / "nuscenes"
+    shutil.copytree(DATAROOT, root)
+    version = root / VERSION
+    sd_rows = json.loads((version / "sample_data.json").read_text())
+    poses = json.loads((version / "ego_pose.json").read_text())
+    token = next(iter(tables.tables["sample"]))
+    key = dict(tables.sample_data(token, "LIDAR_TOP"))
+    key_pose = tables.get("ego_pose", key["ego_pose_token"])
+    half = np.radians(5.0) / 2
+    turn = np.array([np.cos(half), 0, 0, np.sin(half)])
+    sweep_pose = {
+        "token": "sweep_pose",
+        "timestamp": key["timestamp"] - 50_000,
+        "rotation": list(_qmul(key_pose["rotation"], turn)),
+        "translation": list(np.asarray(key_pose["translation"]) + _qrotate(key_pose["rotation"], [[-1.0, 0, 0]])[0]),
+    }
+    poses.append(sweep_pose)
+    sweep_file = "sweeps/LIDAR_TOP/sweep.pcd.bin"
+    (root / "sweeps" / "LIDAR_TOP").mkdir(parents=True)
+    shutil.copy(DATAROOT / key["filename"], root / sweep_file)
+    sweep = dict(key, token="sweep_sd", ego_pose_token="sweep_pose", is_key_frame=False, filename=sweep_file,
+                 prev="", next=key["token"], timestamp=sweep_pose["timestamp"])  # fmt: skip
+    for row in sd_rows:
+        if row["token"] == key["token"]:
+            row["prev"] = "sweep_sd"
+    sd_rows.append(sweep)
+    (version / "sample_data.json").write_text(json.dumps(sd_rows))
+    (version / "ego_pose.json").write_text(json.dumps(poses))
+
+    x, y = key_pose["translation"][:2]
+    nodes = {"a": (x - 30, y - 30), "b": (x + 30, y - 30), "c": (x + 30, y + 30), "d": (x - 30, y + 30),
+             "e": (x - 30, y + 32), "f": (x + 30, y + 32), "g": (x + 30, y + 36), "h": (x - 30, y + 36),
+             "i": (x - 30, y), "j": (x + 30, y)}  # fmt: skip
+    expansion = {
+        "node": [{"token": k, "x": v[0], "y": v[1]} for k, v in nodes.items()],
+        "line": [{"token": "l0", "node_tokens": ["i", "j"]}],
+        "polygon": [
+            {"token": "p0", "exterior_node_tokens": list("abcd"), "holes": []},
+            {"token": "p1", "exterior_node_tokens": list("efgh"), "holes": []},
+        ],
+        "drivable_area": [{"token": "da", "polygon_tokens": ["p0"]}],
+        "walkway": [{"token": "w", "polygon_token": "p1"}],
+        "road_divider": [{"token": "rd", "line_token": "l0"}],
+        "lane_divider": [],
+        "ped_crossing": [],
+        "stop_line": [],
+        "carpark_area": [],
+    }
+    location = tables.log_of(token)["location"]
+    (root / "maps" / "expansion").mkdir(parents=True)
+    (root / "maps" / "expansion" / f"{location}.json").write_text(json.dumps(expansion))
+    return root
+
+
+def test_sweeps_move_into_the_keyframe_ego_frame(tables, augmented_root):
+    aug = NuScenesTables(augmented_root, VERSION)
+    token = next(iter(aug.tables["sample"]))
+    one = load_sample(aug, token, GRID, num_sweeps=0)
+    two = load_sample(aug, token, GRID, num_sweeps=10)  # only one earlier sweep exists
+    n = int(one["lidar_valid"].sum())
+    assert int(two["lidar_valid"].sum()) == 2 * n
+    np.testing.assert_allclose(two["lidar_points"][:n], one["lidar_points"][:n])
+    # Independent: sensor -> ego_sweep -> global -> ego_key with Hamilton products, in float64.
+    key = aug.sample_data(token, "LIDAR_TOP")
+    calib = aug.get("calibrated_sensor", key["calibrated_sensor_token"])
+    raw = np.fromfile(augmented_root / "sweeps/LIDAR_TOP/sweep.pcd.bin", np.float32).reshape(-1, 5)[:, :3]
+    ego_sweep = _qrotate(calib["rotation"], raw.astype(np.float64)) + calib["translation"]
+    pose_s, pose_k = aug.get("ego_pose", "sweep_pose"), aug.get("ego_pose", key["ego_pose_token"])
+    world = _qrotate(pose_s["rotation"], ego_sweep) + pose_s["translation"]
+    expect = _qrotate(pose_k["rotation"], world - pose_k["translation"], inverse=True)
+    np.testing.assert_allclose(two["lidar_points"][n:], expect, atol=2e-3)
+    # The sweep was recorded 1 m behind: its points sit ~1 m further back than the same returns at the key.
+    shift = np.median(two["lidar_points"][n:, 0] - one["lidar_points"][:n, 0])
+    assert -1.5 < shift < -0.5
+
+
+def test_map_expansion_layers_replace_the_mask(augmented_root):
+    aug = NuScenesTables(augmented_root, VERSION)
+    example = load_sample(aug, next(iter(aug.tables["sample"])), GRID)
+    bev = example["bev_labels"]
+    centres = GRID.cell_centers()
+    # Axis-aligned squares in the global frame, seen from the ego: test cell centres turned into it.
+    ego = example["ego_to_world"].astype(np.float64)
+    world = centres @ ego[:2, :2].T + ego[:2, 3]
+    rel = world - ego[:2, 3]
+    inside = (np.abs(rel[..., 0]) < 29.5) & (np.abs(rel[..., 1]) < 29.5)
+    outside = (np.abs(rel[..., 0]) > 30.5) | (np.abs(rel[..., 1]) > 30.5)
+    road = bev[..., BEV_CLASS_ID["drivable_area"]] > 0
+    assert road[inside].all() and not road[outside].any()
+    walk = bev[..., BEV_CLASS_ID["walkway"]] > 0
+    assert walk.sum() > 100 and np.all((rel[walk][:, 1] > 31) & (rel[walk][:, 1] < 37))
+    divider = bev[..., BEV_CLASS_ID["divider"]] > 0
+    assert divider.sum() > 50 and np.all(np.abs(rel[divider][:, 1]) < 0.75)
+    assert bev[..., BEV_CLASS_ID["ped_crossing"]].sum() == 0
+
+
+def test_packed_mask_lookup():
+    from bevjax.data.nuscenes.sample import MapMask
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((37, 53)) < 0.3
+    packed = MapMask(mask)
+    rows, cols = rng.integers(-5, 60, 500), rng.integers(-5, 60, 500)
+    inside = (rows >= 0) & (rows < 37) & (cols >= 0) & (cols < 53)
+    expect = np.zeros(500, bool)
+    expect[inside] = mask[rows[inside], cols[inside]]
+    np.testing.assert_array_equal(packed.at(rows, cols), expect)

@@ -3,7 +3,8 @@
 The sample's ego frame is the ego pose at the LIDAR_TOP timestamp. Each camera was captured at its own
 timestamp with its own ego pose, so its extrinsics are chained through the global frame,
 ego_lidar <- global <- ego_cam <- cam. Labels come from the sample_annotation boxes (global frame) and the
-log's semantic-prior mask (drivable area only; the other map classes need the map-expansion vectors).
+map expansion's vector layers of the log's location (six map classes) or, without them, the log's
+semantic-prior mask (drivable area only).
 Keys nuScenes keyframes do not carry (perspective labels, dense depth, scene flow, the next sweep) are zeros,
 with ``next_lidar_valid`` all False.
 """
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from bevjax.data import raster
+from bevjax.data.nuscenes.map_expansion import MapExpansion
 from bevjax.data.nuscenes.tables import NuScenesTables, rigid_from_pose
 from bevjax.geometry.grid import BEVGrid
 from bevjax.geometry.transforms import invert_rigid, points_in_boxes, transform_points
@@ -61,13 +63,28 @@ def read_lidar(path: Path) -> np.ndarray:
     return raw.reshape(-1, 5)
 
 
-@functools.lru_cache(maxsize=1)
-def map_mask(path: Path) -> np.ndarray:
-    """[H, W] bool semantic-prior mask, decoded once per path and kept (the last one used)."""
+class MapMask:
+    """A semantic-prior mask [H, W] kept as packed bits (about 40 MB for a 15856 x 20250 map)."""
+
+    def __init__(self, mask: np.ndarray):
+        self.shape = tuple(mask.shape)
+        self.bits = np.packbits(mask, axis=1)  # H ceil(W / 8)
+
+    def at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[...] bool mask values at integer pixels; False outside the mask."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        inside = (rows >= 0) & (rows < self.shape[0]) & (cols >= 0) & (cols < self.shape[1])
+        r, c = np.where(inside, rows, 0), np.where(inside, cols, 0)
+        return inside & ((self.bits[r, c >> 3] >> (7 - (c & 7))) & 1).astype(bool)
+
+
+@functools.lru_cache(maxsize=4)  # one per nuScenes location
+def map_mask(path: Path) -> MapMask:
+    """The semantic-prior mask of ``path``, decoded once and kept packed."""
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the masks are 15856 x 20250 pixels
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("L")) > 127
+            return MapMask(np.asarray(img.convert("L")) > 127)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
 
@@ -82,16 +99,27 @@ def global_to_map_pixel(xy: np.ndarray, mask_height: int) -> np.ndarray:
     return np.stack([row, col], -1).astype(np.int64)
 
 
-def drivable_raster(mask: np.ndarray, ego_to_global: np.ndarray, grid: BEVGrid) -> np.ndarray:
-    """[x, y] uint8: 1 where the cell centre (z = 0) lies on the drivable-area mask [H, W]."""
+def drivable_raster(mask: MapMask, ego_to_global: np.ndarray, grid: BEVGrid) -> np.ndarray:
+    """[x, y] uint8: 1 where the cell centre (z = 0) lies on the drivable-area mask."""
     centres = grid.cell_centers()  # x y 2
     nx, ny = centres.shape[:2]
     pts = np.concatenate([centres.reshape(-1, 2), np.zeros((nx * ny, 1))], -1).astype(np.float64)
     rc = global_to_map_pixel(transform_points(ego_to_global, pts)[:, :2], mask.shape[0])
-    inside = (rc[:, 0] >= 0) & (rc[:, 0] < mask.shape[0]) & (rc[:, 1] >= 0) & (rc[:, 1] < mask.shape[1])
-    rc = np.where(inside[:, None], rc, 0)
-    on = inside & mask[rc[:, 0], rc[:, 1]]
-    return on.reshape(nx, ny).astype(np.uint8)
+    return mask.at(rc[:, 0], rc[:, 1]).reshape(nx, ny).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _expansion(dataroot: Path, location: str) -> MapExpansion | None:
+    return MapExpansion.find(dataroot, location)
+
+
+def map_layers(tables: NuScenesTables, sample_token: str, ego_to_global: np.ndarray, grid: BEVGrid) -> dict:
+    """``{class: [x, y] uint8}`` map labels of a sample: the six map classes from the map expansion of the log's
+    location when ``maps/expansion/<location>.json`` exists, else drivable area from the semantic-prior mask."""
+    expansion = _expansion(tables.dataroot, tables.log_of(sample_token)["location"])
+    if expansion is not None:
+        return expansion.raster(ego_to_global, grid)
+    return {"drivable_area": drivable_raster(map_mask(tables.map_path(sample_token)), ego_to_global, grid)}
 
 
 def object_raster(boxes: list[tuple[str, np.ndarray, list]], grid: BEVGrid) -> np.ndarray:
@@ -127,6 +155,26 @@ def load_image(path: Path, intrinsic: np.ndarray, image_hw) -> tuple[np.ndarray,
             k[1, 2] += 0.5 * sy - 0.5
             img = img.resize((w, h), Image.BILINEAR)
         return np.asarray(img, np.uint8), k
+
+
+def lidar_sweeps(tables: NuScenesTables, lidar_sd: dict, num_sweeps: int) -> list[dict]:
+    """Up to ``num_sweeps`` earlier LiDAR sample_data of a keyframe's, newest first (following ``prev``)."""
+    out, token = [], lidar_sd.get("prev", "")
+    while token and len(out) < num_sweeps:
+        sd = tables.get("sample_data", token)
+        out.append(sd)
+        token = sd.get("prev", "")
+    return out
+
+
+def lidar_in_ego(tables: NuScenesTables, sd: dict, key_sd: dict) -> np.ndarray:
+    """[p, 3] float64 points of a LiDAR sample_data in the ego frame at ``key_sd``'s timestamp:
+    ego_key <- global <- ego_sweep <- sensor."""
+    raw = read_lidar(tables.path(sd))[:, :3].astype(np.float64)
+    if sd["token"] == key_sd["token"]:
+        return transform_points(tables.sensor_to_ego(sd), raw)
+    key_from_sweep = invert_rigid(tables.ego_to_global(key_sd)) @ tables.ego_to_global(sd)
+    return transform_points(key_from_sweep @ tables.sensor_to_ego(sd), raw)
 
 
 def camera_to_lidar_ego(tables: NuScenesTables, cam_sd: dict, lidar_sd: dict) -> np.ndarray:
@@ -171,6 +219,7 @@ def load_sample(
     image_hw: tuple[int, int] | None = None,
     num_points: int | None = None,
     cameras: tuple[str, ...] = NUSCENES_CAMERAS,
+    num_sweeps: int = 0,
 ) -> dict:
     """One keyframe as a dict of NumPy arrays following ``bevjax.schema``.
 
@@ -179,8 +228,11 @@ def load_sample(
       sample_token: the keyframe.
       grid: BEV grid of the labels (default ``BEVGrid()``).
       image_hw: resize images (and scale intrinsics) to this size; None keeps the stored size.
-      num_points: pad (or cut) the LiDAR sweep to this many points; None keeps them all.
+      num_points: pad (or cut) the LiDAR points to this many; None keeps them all.
       cameras: camera channels in order.
+      num_sweeps: also merge up to this many earlier LiDAR sweeps (fewer where the scene starts), moved
+        into the keyframe's ego frame after the keyframe's own points; ``lidar_class`` / ``lidar_instance``
+        of all points come from the keyframe's boxes (moving objects smear over the sweeps).
 
     Returns:
       The schema's keys; ``lidar_points`` [p, 3] in the ego frame at the LiDAR timestamp.
@@ -201,17 +253,16 @@ def load_sample(
     images = np.stack(images)  # n h w 3
     hw = images.shape[1:3]
 
-    raw = read_lidar(tables.path(lidar_sd))
-    points = transform_points(tables.sensor_to_ego(lidar_sd), raw[:, :3].astype(np.float64))  # p 3
+    sweeps = [lidar_sd] + lidar_sweeps(tables, lidar_sd, num_sweeps)
+    points = np.concatenate([lidar_in_ego(tables, sd, lidar_sd) for sd in sweeps])  # p 3
     p = len(points) if num_points is None else int(num_points)
     boxes = annotation_boxes(tables, sample_token, ego_from_global)
     lidar_class, lidar_instance = _lidar_labels(points, boxes)
 
     objects = [(b["bev_class"], b["box_to_ego"], b["size"]) for b in boxes if b["bev_class"] is not None]
     bev = object_raster(objects, grid)
-    bev[..., BEV_CLASS_ID["drivable_area"]] = drivable_raster(
-        map_mask(tables.map_path(sample_token)), ego_to_global, grid
-    )
+    for name, layer in map_layers(tables, sample_token, ego_to_global, grid).items():
+        bev[..., BEV_CLASS_ID[name]] = layer
     n = len(cameras)
     scene_samples = tables.scene_samples(sample["scene_token"])
     first = tables.get("sample", scene_samples[0])
