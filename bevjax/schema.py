@@ -43,8 +43,8 @@ noise_level            []                 float32   label/image disagreement of 
 
 Batches add a leading ``b`` dimension to every key (and ``t`` after it for sequence windows).
 
-Datasets without camera images (Argoverse 2 sweep pairs) carry ``subset_spec(spec)``: every key but
-``CAMERA_IMAGE_KEYS``.
+Real datasets carry a subset of the keys: nuScenes keyframes ``subset_spec(spec, DENSE_LABEL_KEYS)`` (no
+perspective labels or dense depth), Argoverse 2 sweep pairs ``subset_spec(spec)`` (no camera images either).
 """
 
 from __future__ import annotations
@@ -131,8 +131,10 @@ def example_spec(
     }
 
 
+# Per-pixel keys of the world that real datasets do not label (nuScenes keyframes carry all other keys).
+DENSE_LABEL_KEYS = ("pv_labels", "depth")
 # Keys of datasets without camera images (Argoverse 2 LiDAR sweep pairs): calibration, BEV labels, LiDAR, poses.
-CAMERA_IMAGE_KEYS = ("images", "post_rots", "post_trans", "pv_labels", "depth")
+CAMERA_IMAGE_KEYS = ("images", "post_rots", "post_trans", *DENSE_LABEL_KEYS)
 
 
 def subset_spec(spec: dict, drop: tuple[str, ...] = CAMERA_IMAGE_KEYS) -> dict:

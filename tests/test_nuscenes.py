@@ -16,7 +16,14 @@ from PIL import Image
 from bevjax.data.nuscenes import NuScenesTables, load_sample, map_mask, points_in_box
 from bevjax.data.nuscenes.preview import save_bev_preview
 from bevjax.geometry.grid import BEVGrid
-from bevjax.schema import BEV_CLASS_ID, NUSCENES_CAMERAS, check_example, example_spec
+from bevjax.schema import (
+    BEV_CLASS_ID,
+    DENSE_LABEL_KEYS,
+    NUSCENES_CAMERAS,
+    check_example,
+    example_spec,
+    subset_spec,
+)
 
 DATAROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nuscenes"
 VERSION = "v1.0-test"
@@ -126,7 +133,7 @@ def test_tables_index_and_errors(tables, token):
 def test_sample_follows_schema(example):
     n, h, w = example["images"].shape[:3]
     assert (n, h, w) == (6, 900, 1600)
-    spec = example_spec(n, (h, w), GRID.shape[:2], len(example["lidar_points"]))
+    spec = subset_spec(example_spec(n, (h, w), GRID.shape[:2], len(example["lidar_points"])), DENSE_LABEL_KEYS)
     check_example(example, spec, "nuscenes")
     assert example["lidar_valid"].sum() == 34688
     r = example["cam_to_ego"][:, :3, :3].astype(np.float64)

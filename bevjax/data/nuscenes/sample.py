@@ -5,8 +5,8 @@ timestamp with its own ego pose, so its extrinsics are chained through the globa
 ego_lidar <- global <- ego_cam <- cam. Labels come from the sample_annotation boxes (global frame) and the
 map expansion's vector layers of the log's location (six map classes) or, without them, the log's
 semantic-prior mask (drivable area only).
-Keys nuScenes keyframes do not carry (perspective labels, dense depth, scene flow, the next sweep) are zeros,
-with ``next_lidar_valid`` all False.
+Perspective labels and dense depth are left out (``schema.DENSE_LABEL_KEYS``); scene flow and the next
+sweep, which keyframes do not carry, are zeros with ``next_lidar_valid`` all False.
 """
 
 from __future__ import annotations
@@ -276,8 +276,6 @@ def load_sample(
         "post_trans": np.zeros((n, 3), f32),
         "bev_labels": bev,
         "bev_visibility": raster.frustum_visibility(intrinsics, cam_to_ego, hw, grid),
-        "pv_labels": np.zeros((n, *hw), np.uint8),
-        "depth": np.zeros((n, *hw), f32),
         "lidar_points": _pad(points.astype(f32), p),
         "lidar_valid": np.arange(p) < len(points),
         "lidar_class": _pad(lidar_class, p),
