@@ -8,6 +8,7 @@ suitable for ``grain.MapDataset.source`` and picklable for Grain worker processe
 from __future__ import annotations
 
 import bisect
+import io
 import json
 from collections.abc import Mapping
 
@@ -75,12 +76,13 @@ def check_prepared_schema(features_path: epath.PathLike, spec: Mapping[str, tupl
             )
 
 
-def check_prepared_config(metadata_path: epath.PathLike, config: wb.WorldBuilderConfig) -> None:
+def check_prepared_config(metadata_path: epath.PathLike, config, key: str = "world_builder_config") -> None:
     """Compares the config stored in a prepared dataset's ``metadata.json`` with ``config``.
 
     Args:
       metadata_path: the prepared ``metadata.json``.
-      config: the config the code uses under that name.
+      config: the config the code uses under that name (anything with ``to_json()`` and ``name``).
+      key: the metadata entry holding the stored ``to_json()``.
 
     Raises:
       ConfigMismatchError: naming the file and the first differing field (e.g. after a change of
@@ -89,7 +91,7 @@ def check_prepared_config(metadata_path: epath.PathLike, config: wb.WorldBuilder
     metadata_path = epath.Path(metadata_path)
     if not metadata_path.exists():
         return
-    stored = json.loads(metadata_path.read_text()).get("world_builder_config")
+    stored = json.loads(metadata_path.read_text()).get(key)
     if stored is None:
         return
     expected = json.loads(json.dumps(config.to_json()))
@@ -111,27 +113,41 @@ def check_prepared_config(metadata_path: epath.PathLike, config: wb.WorldBuilder
         )
 
 
-class WorldSplitSource:
-    """Random access to one prepared split: ``len(source)``, ``source[i]`` -> schema dict (NumPy values).
+JPEG_SUFFIX = "_jpeg"  # a key ``<name>_jpeg`` [n] of JPEG bytes is decoded into ``<name>`` [n, h, w, 3] uint8
+
+
+def decode_jpegs(encoded, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """[n, h, w, 3] uint8 from n JPEG byte strings; ValueError naming ``where`` when a size differs."""
+    from PIL import Image
+
+    out = np.empty(shape, np.uint8)
+    for i, data in enumerate(np.asarray(encoded, object).reshape(-1)):
+        with Image.open(io.BytesIO(data)) as img:
+            arr = np.asarray(img.convert("RGB"))
+        if arr.shape != tuple(shape[1:]):
+            raise ValueError(f"{where}: image {i} decoded to {arr.shape}, expected {tuple(shape[1:])}")
+        out[i] = arr
+    return out
+
+
+class PreparedSplitSource:
+    """Random access to one split of a prepared TFDS dataset: ``len(source)``, ``source[i]`` -> schema dict.
+
+    Keys stored as ``<name>_jpeg`` (JPEG bytes per camera) are decoded into ``<name>`` with the shape of the
+    spec. Errors name the array_record file and the record's index in it.
 
     Attributes:
-      data_dir: the TFDS data dir.
-      config: the :class:`~bevjax.data.world_builder.WorldBuilderConfig`.
-      split: the split name, e.g. ``boston_train``.
-      domain, kind: the split's domain and kind (``'train'`` / ``'val'``).
-      spec: ``{key: (shape, dtype)}`` of one example.
-      frames_per_sequence: consecutive records ``[s * F, (s + 1) * F)`` form sequence ``s``.
-      files: ``[(path, first index, number of records)]`` of the split's array_record files, in order.
+      data_dir: the TFDS data dir; ``data_path``: the prepared version directory.
+      split: the split name.
+      spec: ``{key: (shape, dtype)}`` of one decoded example.
+      files: ``[(path, first index, number of records, skip)]`` of the split's array_record files, in order.
     """
 
-    def __init__(self, builder: wb.BevjaxWorld, split: str):
+    def __init__(self, builder, split: str, spec: Mapping[str, tuple]):
         self.data_dir = builder.data_dir_root
         self.data_path = builder.data_path
-        self.config: wb.WorldBuilderConfig = builder.builder_config
         self.split = split
-        self.domain, self.kind = wb.parse_split(split)
-        self.spec = example_spec_for(self.config.world)
-        self.frames_per_sequence = self.config.world.frames_per_sequence
+        self.spec = dict(spec)
         self._source = builder.as_data_source(split)
         self.files = []
         start = 0
@@ -147,10 +163,6 @@ class WorldSplitSource:
 
     def __len__(self) -> int:
         return self._len
-
-    @property
-    def num_sequences(self) -> int:
-        return self._len // self.frames_per_sequence
 
     def locate(self, index: int) -> tuple[str, int]:
         """The array_record file holding record ``index`` of the split and the record's index within it.
@@ -184,7 +196,13 @@ class WorldSplitSource:
             ) from e
         out = {}
         for key, (shape, dtype) in self.spec.items():
-            value = np.asarray(record[key], dtype)
+            if key not in record and key + JPEG_SUFFIX in record:
+                try:
+                    value = decode_jpegs(record[key + JPEG_SUFFIX], shape, f"{self._where(index)}, key '{key}'")
+                except OSError as e:
+                    raise CorruptRecordError(f"{self._where(index)}: key '{key}': bad JPEG data: {e}") from e
+            else:
+                value = np.asarray(record[key], dtype)
             if value.shape != tuple(shape):
                 raise CorruptRecordError(
                     f"{self._where(index)}: key '{key}' decoded to {_describe(value.shape, value.dtype)}, "
@@ -194,7 +212,42 @@ class WorldSplitSource:
         return out
 
     def __repr__(self) -> str:
-        return f"WorldSplitSource({self.data_path}, split={self.split!r}, len={self._len})"
+        return f"{type(self).__name__}({self.data_path}, split={self.split!r}, len={self._len})"
+
+
+class WorldSplitSource(PreparedSplitSource):
+    """A prepared ``bevjax_world`` split (see :class:`PreparedSplitSource`).
+
+    Attributes:
+      config: the :class:`~bevjax.data.world_builder.WorldBuilderConfig`.
+      domain, kind: the split's domain and kind (``'train'`` / ``'val'``).
+      frames_per_sequence: consecutive records ``[s * F, (s + 1) * F)`` form sequence ``s``.
+    """
+
+    def __init__(self, builder: wb.BevjaxWorld, split: str):
+        self.config: wb.WorldBuilderConfig = builder.builder_config
+        self.domain, self.kind = wb.parse_split(split)
+        self.frames_per_sequence = self.config.world.frames_per_sequence
+        super().__init__(builder, split, example_spec_for(self.config.world))
+
+    @property
+    def num_sequences(self) -> int:
+        return self._len // self.frames_per_sequence
+
+
+def check_prepared_split(builder, split: str, prepare_hint: str) -> None:
+    """Raises DatasetNotPreparedError (with ``prepare_hint``, the command that prepares it) or SplitNotFoundError
+    (listing the available splits) for a TFDS builder and a split name."""
+    if not builder.is_prepared():
+        raise DatasetNotPreparedError(
+            f"{builder.name} config '{builder.builder_config.name}' is not prepared in data_dir "
+            f"{builder.data_dir_root} (no {builder.data_path}/dataset_info.json). Prepare it with:\n  {prepare_hint}"
+        )
+    available = list(builder.info.splits.keys())
+    if split not in available:
+        raise SplitNotFoundError(
+            f"split '{split}' not found in {builder.data_path}; available splits: {sorted(available)}"
+        )
 
 
 def open_world_split(
@@ -222,18 +275,9 @@ def open_world_split(
     data_dir = str(data_dir)
     cfg = wb.resolve_config(data_dir, config)
     builder = wb.BevjaxWorld(data_dir=data_dir, config=cfg)
-    if not builder.is_prepared():
-        from bevjax.data.prepare import prepare_command
+    from bevjax.data.prepare import prepare_command
 
-        raise DatasetNotPreparedError(
-            f"bevjax_world config '{cfg.name}' is not prepared in data_dir {data_dir} (no "
-            f"{builder.data_path}/dataset_info.json). Prepare it with:\n  {prepare_command(data_dir, cfg)}"
-        )
-    available = list(builder.info.splits.keys())
-    if split not in available:
-        raise SplitNotFoundError(
-            f"split '{split}' not found in {builder.data_path}; available splits: {sorted(available)}"
-        )
+    check_prepared_split(builder, split, prepare_command(data_dir, cfg))
     check_prepared_schema(builder.data_path / "features.json", example_spec_for(cfg.world))
     check_prepared_config(builder.data_path / "metadata.json", cfg)
     return WorldSplitSource(builder, split)
