@@ -2,6 +2,8 @@
 
 Examples::
 
+    python -m bevjax.data.prepare nuscenes --dataroot /data/nuscenes --workers 8
+    python -m bevjax.data.prepare av2 --root /data/av2/sensor --workers 8
     python -m bevjax.data.prepare world --config tiny
     python -m bevjax.data.prepare world --data_dir /data/bevjax --config default --domains boston,singapore_night
     python -m bevjax.data.prepare world --config tiny --train_sequences 4 --val_sequences 1
@@ -16,6 +18,7 @@ The data dir defaults to ``$BEVJAX_DATA_DIR`` or ``~/bevjax_data``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -96,7 +99,97 @@ def prepare_world(
     return wb.BevjaxWorld(data_dir=data_dir, config=cfg)  # reads the info written to disk
 
 
-def describe(builder: wb.BevjaxWorld) -> str:
+def _prepare_builder(builder, total: int, desc: str, progress: bool, **generation):
+    """Runs ``download_and_prepare`` of a real-dataset builder (manual dir = the raw data) with a tqdm bar."""
+    import tensorflow_datasets as tfds
+
+    manual_dir = str(generation.pop("manual_dir"))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="record", smoothing=0.1)
+    builder.set_generation(progress=None if bar is None else bar.update, **generation)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def prepare_nuscenes(
+    dataroot: str,
+    data_dir: str | None = None,
+    config="keyframes",
+    *,
+    version: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+):
+    """Writes a ``bevjax_nuscenes`` config from a nuScenes dataroot (a no-op if it is already prepared).
+
+    Args:
+      dataroot: the folder holding ``v1.0-*/``, ``samples/``, ``sweeps/`` and ``maps/``.
+      data_dir: the TFDS data dir (None: :func:`default_data_dir`).
+      config: a predefined name (``keyframes``, ``sweeps10``) or a ``NuScenesBuilderConfig``.
+      version: the table folder (default: the dataroot's only ``v1.0-*``).
+      workers: processes loading keyframes in parallel (0: this process).
+      progress: a tqdm bar over the records, with ETA.
+
+    Returns:
+      The prepared builder.
+    """
+    from bevjax.data.nuscenes import builder as nb
+    from bevjax.data.nuscenes.source import find_version
+    from bevjax.data.nuscenes.splits import split_scenes
+    from bevjax.data.nuscenes.tables import NuScenesTables
+
+    data_dir = default_data_dir() if data_dir is None else str(data_dir)
+    cfg = nb.PREDEFINED_CONFIGS[config] if isinstance(config, str) else config
+    builder = nb.BevjaxNuScenes(data_dir=data_dir, config=cfg)
+    if builder.is_prepared():
+        return builder
+    version = version or find_version(dataroot)
+    tables = NuScenesTables(dataroot, version)
+    total = sum(
+        len(tables.scene_samples(t))
+        for split, scenes in split_scenes(tables).items()
+        if split in nb.STORED_SPLITS
+        for t in scenes
+    )
+    _prepare_builder(
+        builder, total, f"bevjax_nuscenes/{cfg.name}", progress, workers=workers, version=version,
+        manual_dir=dataroot,
+    )  # fmt: skip
+    return nb.BevjaxNuScenes(data_dir=data_dir, config=cfg)
+
+
+def prepare_av2(root: str, data_dir: str | None = None, config="default", *, workers: int = 0, progress=True):
+    """Writes a ``bevjax_av2`` config from an Argoverse 2 sensor root (a no-op if it is already prepared).
+
+    Args:
+      root: the folder holding ``train/`` and ``val/`` log folders.
+      data_dir: the TFDS data dir (None: :func:`default_data_dir`).
+      config: a predefined name (``default``) or an ``AV2BuilderConfig``.
+      workers: processes loading pairs in parallel (0: this process).
+      progress: a tqdm bar over the records, with ETA.
+
+    Returns:
+      The prepared builder.
+    """
+    from bevjax.data.av2 import builder as ab
+
+    data_dir = default_data_dir() if data_dir is None else str(data_dir)
+    cfg = ab.PREDEFINED_CONFIGS[config] if isinstance(config, str) else config
+    builder = ab.BevjaxAV2(data_dir=data_dir, config=cfg)
+    if builder.is_prepared():
+        return builder
+    total = ab.total_pairs(root, cfg)
+    _prepare_builder(builder, total, f"bevjax_av2/{cfg.name}", progress, workers=workers, manual_dir=root)
+    return ab.BevjaxAV2(data_dir=data_dir, config=cfg)
+
+
+def describe(builder) -> str:
     """A few lines saying where a prepared builder's files are and how big its splits are.
 
     Args:
@@ -105,7 +198,7 @@ def describe(builder: wb.BevjaxWorld) -> str:
     Returns:
       Text to print.
     """
-    lines = [f"bevjax_world/{builder.builder_config.name} is in {builder.data_path}"]
+    lines = [f"{builder.name}/{builder.builder_config.name} is in {builder.data_path}"]
     for name, split in sorted(builder.info.splits.items()):
         lines.append(f"  {name:28s} {split.num_examples:6d} samples  {split.num_bytes / 2**20:9.2f} MiB")
     return "\n".join(lines)
@@ -151,9 +244,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     world.add_argument("--train_sequences", type=int, default=None, help="sequences per <domain>_train split")
     world.add_argument("--val_sequences", type=int, default=None, help="sequences per <domain>_val split")
     world.add_argument("--no_progress", action="store_true", help="no tqdm bar over the samples")
+    from bevjax.data.av2 import builder as ab
+    from bevjax.data.nuscenes import builder as nb
+
+    nusc = sub.add_parser("nuscenes", help="nuScenes keyframes from a dataroot to array_record files")
+    nusc.add_argument("--dataroot", required=True, help="folder holding v1.0-*/, samples/, sweeps/, maps/")
+    nusc.add_argument(
+        "--version", default=None, help="table folder, e.g. v1.0-trainval (default: the only one)"
+    )
+    nusc.add_argument("--config", default="keyframes", choices=sorted(nb.PREDEFINED_CONFIGS))
+    av2 = sub.add_parser(
+        "av2", help="Argoverse 2 LiDAR sweep pairs from the sensor dataset to array_record files"
+    )
+    av2.add_argument("--root", required=True, help="folder holding train/ and val/ log folders")
+    av2.add_argument("--config", default="default", choices=sorted(ab.PREDEFINED_CONFIGS))
+    av2.add_argument("--stride", type=int, default=None, help="every stride-th sweep pair (a custom config)")
+    for p in (nusc, av2):
+        p.add_argument(
+            "--data_dir", default=default_data_dir(), help=f"default: ${DATA_DIR_ENV} or ~/bevjax_data"
+        )
+        p.add_argument("--workers", type=int, default=0, help="processes loading records in parallel")
+        p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the records")
     args = parser.parse_args(argv)
     args.data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
-    return _world_main(args)
+    if args.dataset == "world":
+        return _world_main(args)
+    if args.dataset == "nuscenes":
+        cfg = nb.PREDEFINED_CONFIGS[args.config]
+        builder, opener = nb.BevjaxNuScenes(data_dir=args.data_dir, config=cfg), "open_nuscenes_split"
+        run = functools.partial(prepare_nuscenes, args.dataroot, version=args.version)
+        splits = "'<train|val|mini_train|...|night_val|...>'"
+    else:
+        cfg = ab.make_config(args.config, stride=args.stride)
+        builder, opener = ab.BevjaxAV2(data_dir=args.data_dir, config=cfg), "open_av2_split"
+        run = functools.partial(prepare_av2, args.root)
+        splits = "'<train|val>'"
+    if builder.is_prepared():
+        print(f"already prepared, nothing to do: {builder.data_path}")
+    else:
+        builder = run(args.data_dir, cfg, workers=args.workers, progress=not args.no_progress)
+    print(describe(builder))
+    print(f"open it with: {opener}({args.data_dir!r}, {cfg.name!r}, {splits})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,354 @@
+"""TFDS builder ``bevjax_nuscenes``: nuScenes keyframes in the batch schema, written to ArrayRecord files.
+
+Reads a dataroot (``<root>/v1.0-*/`` tables, ``samples/``, ``sweeps/``, ``maps/``) given as TFDS's manual dir,
+with :func:`bevjax.data.nuscenes.sample.load_sample`; needs no devkit and no TensorFlow. Prepare with::
+
+    python -m bevjax.data.prepare nuscenes --dataroot /data/nuscenes [--config keyframes] [--workers 8]
+
+Stored splits are the official scene splits present in the dataroot (``train``, ``val``, ``test``, ``mini_train``,
+``mini_val``; see :mod:`bevjax.data.nuscenes.splits`), keyframes in scene order and, within a scene, in time
+order. The domain splits ``<boston|singapore|day|night|dry|rain>_<train|val>`` are views over ``train`` / ``val``
+(no second copy on disk): :func:`open_nuscenes_split` selects their scenes from the scene table kept in
+``metadata.json``.
+
+Per record: the schema keys but ``pv_labels`` and ``depth`` (``schema.DENSE_LABEL_KEYS``), images as one JPEG
+byte string per camera (``images_jpeg``; the original files' bytes when the config keeps the stored size,
+re-encoded at quality 95 when it resizes), decoded to ``images`` [n, h, w, 3] on reading. ``sequence_id`` is the
+scene's index in its split, ``frame_index`` the keyframe's index in its scene.
+
+=============  ==============================================================================================
+config         content
+=============  ==============================================================================================
+``keyframes``  1600x900 images, ``BEVGrid()`` (100 m at 0.5 m), the keyframe LiDAR sweep padded to 35,000 points
+``sweeps10``   as ``keyframes``, with the 9 earlier LiDAR sweeps merged in, padded to 350,000 points
+custom_*       :func:`make_config` with any grid, image size, point count, sweep count and cameras
+=============  ==============================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from bevjax.data import records
+from bevjax.data.nuscenes import splits as nusc_splits
+from bevjax.data.nuscenes.sample import LIDAR_CHANNEL, load_sample
+from bevjax.data.nuscenes.source import find_version
+from bevjax.data.nuscenes.tables import NuScenesTables
+from bevjax.data.sources import (
+    PreparedSplitSource,
+    check_prepared_config,
+    check_prepared_schema,
+    check_prepared_split,
+)
+from bevjax.geometry.grid import BEVGrid
+from bevjax.schema import DENSE_LABEL_KEYS, NUSCENES_CAMERAS, example_spec, subset_spec
+
+DATASET_NAME = "bevjax_nuscenes"
+VERSION = "1.0.0"
+NUSCENES_IMAGE_HW = (900, 1600)  # every nuScenes camera image
+STORED_SPLITS = ("train", "val", "test", "mini_train", "mini_val")
+METADATA_KEY = "nuscenes_builder_config"
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class NuScenesBuilderConfig(tfds.core.BuilderConfig):
+    """What a ``bevjax_nuscenes`` config stores.
+
+    Attributes:
+      grid: the BEV grid of the labels.
+      image_hw: stored image size (images resized, intrinsics scaled); None keeps the files' 900 x 1600.
+      num_points: LiDAR points per record (padded, or cut with the count recorded in the metadata).
+      num_sweeps: earlier LiDAR sweeps merged into each keyframe's points.
+      cameras: camera channels, in order.
+    """
+
+    grid: BEVGrid = dataclasses.field(default_factory=BEVGrid)
+    image_hw: tuple[int, int] | None = None
+    num_points: int = 35_000
+    num_sweeps: int = 0
+    cameras: tuple[str, ...] = NUSCENES_CAMERAS
+
+    def __post_init__(self):
+        self.cameras = tuple(self.cameras)
+        self.image_hw = None if self.image_hw is None else tuple(int(v) for v in self.image_hw)
+        unknown = [c for c in self.cameras if c not in NUSCENES_CAMERAS]
+        if unknown or not self.cameras:
+            raise ValueError(f"nuScenes config '{self.name}': cameras {unknown} not in {NUSCENES_CAMERAS}")
+        if self.num_points < 1 or self.num_sweeps < 0:
+            raise ValueError(f"nuScenes config '{self.name}': need num_points >= 1 and num_sweeps >= 0")
+
+    @property
+    def stored_image_hw(self) -> tuple[int, int]:
+        return self.image_hw or NUSCENES_IMAGE_HW
+
+    def spec(self) -> dict:
+        """``{key: (shape, dtype)}`` of a decoded record."""
+        full = example_spec(len(self.cameras), self.stored_image_hw, self.grid.shape[:2], self.num_points)
+        return subset_spec(full, DENSE_LABEL_KEYS)
+
+    def stored(self) -> dict:
+        """The spec as stored (``images_jpeg`` [n] of bytes instead of ``images``)."""
+        return records.stored_spec(self.spec())
+
+    def content(self) -> dict:
+        return {
+            "grid": dataclasses.asdict(self.grid),
+            "image_hw": self.image_hw,
+            "num_points": self.num_points,
+            "num_sweeps": self.num_sweeps,
+            "cameras": list(self.cameras),
+        }
+
+    def to_json(self) -> dict:
+        return {"name": self.name, **self.content()}
+
+
+def config_from_json(d: dict) -> NuScenesBuilderConfig:
+    """Rebuilds a config from :meth:`NuScenesBuilderConfig.to_json`."""
+    grid = BEVGrid(**{k: tuple(v) for k, v in d["grid"].items()})
+    return NuScenesBuilderConfig(
+        name=d["name"],
+        version=VERSION,
+        grid=grid,
+        image_hw=d["image_hw"],
+        num_points=d["num_points"],
+        num_sweeps=d["num_sweeps"],
+        cameras=tuple(d["cameras"]),
+        description="custom nuScenes config",
+    )
+
+
+KEYFRAMES = NuScenesBuilderConfig(
+    name="keyframes",
+    version=VERSION,
+    description="1600x900 images, BEVGrid(), keyframe LiDAR (35,000 points).",
+)
+SWEEPS10 = NuScenesBuilderConfig(
+    name="sweeps10",
+    version=VERSION,
+    description="As keyframes, with 9 earlier LiDAR sweeps merged in (350,000 points).",
+    num_sweeps=9,
+    num_points=350_000,
+)
+PREDEFINED_CONFIGS = {c.name: c for c in (KEYFRAMES, SWEEPS10)}
+
+
+def make_config(base: str = "keyframes", **overrides) -> NuScenesBuilderConfig:
+    """A predefined config, or a ``custom_<hash>`` one when ``overrides`` (config attributes) change it."""
+    if base not in PREDEFINED_CONFIGS:
+        raise ValueError(f"unknown nuScenes config '{base}'; predefined: {sorted(PREDEFINED_CONFIGS)}")
+    cfg = PREDEFINED_CONFIGS[base]
+    kwargs = {**{f: getattr(cfg, f) for f in ("grid", "image_hw", "num_points", "num_sweeps", "cameras")}}
+    unknown = sorted(set(overrides) - set(kwargs))
+    if unknown:
+        raise ValueError(f"unknown nuScenes config fields {unknown}; fields are {sorted(kwargs)}")
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    new = NuScenesBuilderConfig(
+        name="custom", version=VERSION, description="custom nuScenes config", **kwargs
+    )
+    if new.content() == cfg.content():
+        return cfg
+    new.name = records.content_name("custom", new.content())
+    return new
+
+
+# Generation (module-level so that worker processes can run it) ---------------------------------------------
+
+
+def _open_tables(dataroot: str, version: str) -> NuScenesTables:
+    return NuScenesTables(dataroot, version)
+
+
+def _record(cfg: NuScenesBuilderConfig, tables: NuScenesTables, item: tuple[str, int]) -> dict:
+    """One stored record: ``load_sample`` with JPEG images and the split's sequence id."""
+    token, sequence_id = item
+    ex = load_sample(tables, token, cfg.grid, cfg.image_hw, cfg.num_points, cfg.cameras, cfg.num_sweeps)
+    if cfg.image_hw is None:  # keep the original JPEG bytes: no second lossy encoding
+        jpegs = np.empty(len(cfg.cameras), object)
+        for i, channel in enumerate(cfg.cameras):
+            sd = tables.sample_data(token, channel)
+            if (sd.get("height"), sd.get("width")) not in ((None, None), NUSCENES_IMAGE_HW):
+                raise ValueError(
+                    f"{tables.path(sd)} is {sd['width']}x{sd['height']}, not 1600x900: set image_hw in the config"
+                )
+            jpegs[i] = tables.path(sd).read_bytes()
+    else:
+        jpegs = records.encode_jpegs(ex["images"])
+    ex["images_jpeg"] = jpegs
+    del ex["images"]
+    ex["sequence_id"] = np.int32(sequence_id)
+    ex["_points_cut"] = int(
+        _num_points(tables, tables.sample_data(token, LIDAR_CHANNEL), cfg) > cfg.num_points
+    )
+    return ex
+
+
+def _num_points(tables: NuScenesTables, lidar_sd: dict, cfg: NuScenesBuilderConfig) -> int:
+    from bevjax.data.nuscenes.sample import lidar_sweeps
+
+    files = [lidar_sd] + lidar_sweeps(tables, lidar_sd, cfg.num_sweeps)
+    return sum(tables.path(sd).stat().st_size // 20 for sd in files)  # 5 float32 per point
+
+
+class BevjaxNuScenes(tfds.core.GeneratorBasedBuilder):
+    """nuScenes keyframes in the bevjax schema (see the module docstring)."""
+
+    name = DATASET_NAME
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {
+        str(VERSION): "Keyframes with JPEG images, BEV labels, LiDAR (and sweeps), official splits."
+    }
+    BUILDER_CONFIGS = [KEYFRAMES, SWEEPS10]
+    DEFAULT_CONFIG_NAME = "keyframes"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Download nuScenes (https://www.nuscenes.org/download) and pass the dataroot holding v1.0-*/, samples/, "
+        "sweeps/ and maps/ (and maps/expansion/ for all six map classes) as the manual dir."
+    )
+
+    def __init__(self, *, file_format: str | None = "array_record", **kw):
+        self._progress, self._workers, self._table_folder = None, 0, None
+        config = kw.get("config")
+        if isinstance(config, NuScenesBuilderConfig) and PREDEFINED_CONFIGS.get(config.name) is config:
+            kw["config"] = config.name  # TFDS pickles builders by their kwargs: predefined configs go by name
+        super().__init__(file_format=file_format, **kw)
+
+    def set_generation(self, progress=None, workers: int = 0, version: str | None = None) -> None:
+        """How ``download_and_prepare`` runs: a callable per record, worker processes, the version folder."""
+        self._progress, self._workers, self._table_folder = progress, int(workers), version
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:  # see world_builder.BevjaxWorld.code_path
+        return epath.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg: NuScenesBuilderConfig = self.builder_config
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__.split("\n\n")[0],
+            features=records.stored_features(cfg.stored()),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict({METADATA_KEY: cfg.to_json()}),
+        )
+
+    def _split_generators(self, dl_manager) -> dict[str, Iterator]:
+        root = Path(dl_manager.manual_dir)
+        version = self._table_folder or find_version(root)
+        tables = NuScenesTables(root, version)
+        scenes = {k: v for k, v in nusc_splits.split_scenes(tables).items() if k in STORED_SPLITS}
+        if not scenes:
+            raise ValueError(
+                f"nuScenes dataroot {root}/{version}: no scene of an official split {STORED_SPLITS}"
+            )
+        layout, domains = {}, {}
+        for split, tokens in scenes.items():
+            rows, start = [], 0
+            for token in tokens:
+                scene = tables.get("scene", token)
+                n = len(tables.scene_samples(token))
+                rows.append([scene["name"], start, n])
+                domains[scene["name"]] = nusc_splits.scene_domains(
+                    scene, tables.get("log", scene["log_token"])
+                )
+                start += n
+            layout[split] = rows
+        self.info.metadata["scenes"] = layout
+        self.info.metadata["scene_domains"] = domains
+        self.info.metadata["source"] = {"dataroot": str(root), "version": version}
+        return {split: self._generate_examples(tables, tokens) for split, tokens in scenes.items()}
+
+    def _generate_examples(
+        self, tables: NuScenesTables, scene_tokens: list[str]
+    ) -> Iterator[tuple[int, dict]]:
+        items = [(t, s) for s, scene in enumerate(scene_tokens) for t in tables.scene_samples(scene)]
+        fn = functools.partial(_record, self.builder_config)
+        opener = functools.partial(_open_tables, str(tables.dataroot), tables.version)
+        cut = 0
+        for index, ex in enumerate(records.ordered_map(fn, items, opener, self._workers)):
+            cut += ex.pop("_points_cut")
+            if self._progress is not None:
+                self._progress()
+            yield index, ex
+        if cut:
+            print(
+                f"bevjax_nuscenes: {cut} of {len(items)} records had more LiDAR points than num_points (cut)"
+            )
+
+
+# Reading ---------------------------------------------------------------------------------------------------
+
+
+class SubsetSource:
+    """Records ``indices`` of a base source, in that order (``len``, ``source[i]``); picklable."""
+
+    def __init__(self, base, indices: list[int], split: str):
+        self.base, self.indices, self.split = base, list(indices), split
+        self.spec = base.spec
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= int(i) < len(self):
+            raise IndexError(f"index {i} out of range for split '{self.split}' of {len(self)} records")
+        return self.base[self.indices[int(i)]]
+
+    def __repr__(self) -> str:
+        return f"SubsetSource({self.base!r}, split={self.split!r}, len={len(self)})"
+
+
+def prepare_command(data_dir: str, cfg: NuScenesBuilderConfig) -> str:
+    """The shell command that prepares ``cfg`` (a Python call for custom configs)."""
+    if cfg.name in PREDEFINED_CONFIGS:
+        return (
+            f"python -m bevjax.data.prepare nuscenes --dataroot <nuScenes dataroot> --data_dir {data_dir} "
+            f"--config {cfg.name}"
+        )
+    return (
+        "python -c \"from bevjax.data.prepare import prepare_nuscenes; prepare_nuscenes('<dataroot>', "
+        f"'{data_dir}', <the NuScenesBuilderConfig named '{cfg.name}'>)\""
+    )
+
+
+def open_nuscenes_split(data_dir, config: str | NuScenesBuilderConfig, split: str):
+    """Opens a prepared split: a stored one (``train``, ``val``, ...) or a domain view (``night_val``, ...).
+
+    Args:
+      data_dir: the TFDS data dir.
+      config: a predefined name, or the :class:`NuScenesBuilderConfig` the data was prepared with.
+      split: a stored split or ``<domain>_<train|val>`` with a domain of ``splits.DOMAINS``.
+
+    Returns:
+      A random-access source of schema dicts (``spec`` attribute: the decoded spec).
+    """
+    cfg = PREDEFINED_CONFIGS.get(config, None) if isinstance(config, str) else config
+    if cfg is None:
+        raise ValueError(
+            f"unknown nuScenes config '{config}': pass the NuScenesBuilderConfig it was prepared with"
+        )
+    builder = BevjaxNuScenes(data_dir=str(data_dir), config=cfg)
+    domain, _, kind = split.rpartition("_")
+    base_split = kind if domain in nusc_splits.DOMAINS and kind in ("train", "val") else split
+    check_prepared_split(builder, base_split, prepare_command(str(data_dir), cfg))
+    check_prepared_schema(builder.data_path / "features.json", cfg.stored())
+    check_prepared_config(builder.data_path / "metadata.json", cfg, METADATA_KEY)
+    base = PreparedSplitSource(builder, base_split, cfg.spec())
+    if base_split == split:
+        return base
+    meta = builder.info.metadata
+    axis = next(k for k, v in {"city": ("boston", "singapore"), "light": ("day", "night"),
+                               "weather": ("dry", "rain")}.items() if domain in v)  # fmt: skip
+    indices = [
+        i
+        for name, start, n in meta["scenes"][base_split]
+        if meta["scene_domains"][name][axis] == domain
+        for i in range(start, start + n)
+    ]
+    return SubsetSource(base, indices, split)
