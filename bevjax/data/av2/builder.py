@@ -1,0 +1,242 @@
+"""TFDS builder ``bevjax_av2``: Argoverse 2 LiDAR sweep pairs in the batch schema, written to ArrayRecord files.
+
+Reads the Argoverse 2 sensor dataset (``<root>/<split>/<log_id>/``: ``sensors/lidar/*.feather``, poses,
+``annotations.feather``, ``calibration/``, ``map/``), given as TFDS's manual dir, with
+:func:`bevjax.data.av2.sample.load_pair`. Prepare with::
+
+    python -m bevjax.data.prepare av2 --root /data/av2/sensor [--config default] [--workers 8]
+
+Splits: ``train`` and ``val`` (the folders present; ``test`` logs carry no cuboids, hence no flow labels, and are
+not read). A record is the pair of sweeps (k, k + 1) of one log, for k = 0, stride, 2 stride, ...: logs in sorted
+order, pairs in time order; ``sequence_id`` is the log's index in its split, ``frame_index`` the first sweep's index
+in its log. Keys: the schema without the camera images and per-pixel labels (``schema.subset_spec``): calibration of
+the ring cameras, BEV labels, both sweeps, flow, classes, ground, ``next_ego_from_ego``. ``metadata.json`` keeps the
+log table (log id, first record, count) of every split.
+
+===========  ==================================================================================================
+config       content
+===========  ==================================================================================================
+``default``  ``BEVGrid()`` (100 m at 0.5 m), 7 ring cameras, both sweeps padded to 120,000 points, every pair
+custom_*     :func:`make_config` with any grid, point count and pair stride
+===========  ==================================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+from bevjax.data import records
+from bevjax.data.av2.map import AV2Map
+from bevjax.data.av2.reader import AV2Log
+from bevjax.data.av2.sample import RING_CAMERAS, load_pair
+from bevjax.data.sources import (
+    PreparedSplitSource,
+    check_prepared_config,
+    check_prepared_schema,
+    check_prepared_split,
+)
+from bevjax.geometry.grid import BEVGrid
+from bevjax.schema import example_spec, subset_spec
+
+DATASET_NAME = "bevjax_av2"
+VERSION = "1.0.0"
+SPLITS = ("train", "val")
+METADATA_KEY = "av2_builder_config"
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class AV2BuilderConfig(tfds.core.BuilderConfig):
+    """What a ``bevjax_av2`` config stores: the label grid, points per sweep and the pair stride."""
+
+    grid: BEVGrid = dataclasses.field(default_factory=BEVGrid)
+    num_points: int = 120_000
+    stride: int = 1
+
+    def __post_init__(self):
+        if self.num_points < 1 or self.stride < 1:
+            raise ValueError(f"Argoverse 2 config '{self.name}': need num_points >= 1 and stride >= 1")
+
+    def spec(self) -> dict:
+        return subset_spec(example_spec(len(RING_CAMERAS), (1, 1), self.grid.shape[:2], self.num_points))
+
+    def content(self) -> dict:
+        return {"grid": dataclasses.asdict(self.grid), "num_points": self.num_points, "stride": self.stride}
+
+    def to_json(self) -> dict:
+        return {"name": self.name, **self.content()}
+
+
+DEFAULT = AV2BuilderConfig(
+    name="default", version=VERSION, description="BEVGrid(), 120,000 points, every pair."
+)
+PREDEFINED_CONFIGS = {DEFAULT.name: DEFAULT}
+
+
+def make_config(base: str = "default", **overrides) -> AV2BuilderConfig:
+    """A predefined config, or a ``custom_<hash>`` one when ``overrides`` (grid, num_points, stride) change it."""
+    if base not in PREDEFINED_CONFIGS:
+        raise ValueError(f"unknown Argoverse 2 config '{base}'; predefined: {sorted(PREDEFINED_CONFIGS)}")
+    cfg = PREDEFINED_CONFIGS[base]
+    kwargs = {f: getattr(cfg, f) for f in ("grid", "num_points", "stride")}
+    unknown = sorted(set(overrides) - set(kwargs))
+    if unknown:
+        raise ValueError(f"unknown Argoverse 2 config fields {unknown}; fields are {sorted(kwargs)}")
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    new = AV2BuilderConfig(name="custom", version=VERSION, description="custom Argoverse 2 config", **kwargs)
+    if new.content() == cfg.content():
+        return cfg
+    new.name = records.content_name("custom", new.content())
+    return new
+
+
+def split_logs(root: Path, split: str) -> list[Path]:
+    """Log folders of ``<root>/<split>`` with LiDAR sweeps and cuboids, sorted by log id."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if (p / "sensors" / "lidar").is_dir() and (p / "annotations.feather").is_file()
+    )
+
+
+def log_pairs(log_dir: Path, stride: int) -> list[tuple[int, int]]:
+    """(t0, t1) nanosecond timestamps of the pairs (k, k + 1), k = 0, stride, ..., of one log."""
+    stamps = AV2Log(log_dir).lidar_timestamps()
+    return [(int(stamps[k]), int(stamps[k + 1])) for k in range(0, len(stamps) - 1, stride)]
+
+
+class _LogCache:
+    """The open log and its map in one process (records come log by log)."""
+
+    def __init__(self):
+        self.key, self.log, self.map = None, None, None
+
+    def get(self, log_dir: str) -> tuple[AV2Log, AV2Map]:
+        if self.key != log_dir:
+            self.key, self.log, self.map = log_dir, AV2Log(log_dir), AV2Map.load(log_dir)
+        return self.log, self.map
+
+
+def _record(cfg: AV2BuilderConfig, cache: _LogCache, item: tuple[str, int, int, int]) -> dict:
+    log_dir, t0, t1, sequence_id = item
+    log, av2_map = cache.get(log_dir)
+    ex = load_pair(log, t0, t1, cfg.grid, cfg.num_points, av2_map, RING_CAMERAS, sequence_id)
+    ex["_points_cut"] = int(ex["lidar_valid"].all() or ex["next_lidar_valid"].all())
+    return ex
+
+
+class BevjaxAV2(tfds.core.GeneratorBasedBuilder):
+    """Argoverse 2 sweep pairs in the bevjax schema (see the module docstring)."""
+
+    name = DATASET_NAME
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {
+        str(VERSION): "Sweep pairs with cuboid scene flow, classes, ground, BEV labels, calibration."
+    }
+    BUILDER_CONFIGS = [DEFAULT]
+    DEFAULT_CONFIG_NAME = "default"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Download the Argoverse 2 sensor dataset (https://www.argoverse.org) and pass the folder holding train/ "
+        "and val/ (one folder per log) as the manual dir."
+    )
+
+    def __init__(self, *, file_format: str | None = "array_record", **kw):
+        self._progress, self._workers = None, 0
+        config = kw.get("config")
+        if isinstance(config, AV2BuilderConfig) and PREDEFINED_CONFIGS.get(config.name) is config:
+            kw["config"] = config.name
+        super().__init__(file_format=file_format, **kw)
+
+    def set_generation(self, progress=None, workers: int = 0) -> None:
+        """How ``download_and_prepare`` runs: a callable per record and worker processes."""
+        self._progress, self._workers = progress, int(workers)
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:  # see world_builder.BevjaxWorld.code_path
+        return epath.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg: AV2BuilderConfig = self.builder_config
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__.split("\n\n")[0],
+            features=records.stored_features(cfg.spec()),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict({METADATA_KEY: cfg.to_json()}),
+        )
+
+    def _split_generators(self, dl_manager) -> dict[str, Iterator]:
+        root = Path(dl_manager.manual_dir)
+        cfg: AV2BuilderConfig = self.builder_config
+        found = {s: split_logs(root, s) for s in SPLITS}
+        found = {s: logs for s, logs in found.items() if logs}
+        if not found:
+            raise ValueError(
+                f"Argoverse 2 root {root}: no log with sensors/lidar and annotations.feather under {SPLITS}"
+            )
+        layout, items = {}, {}
+        for split, logs in found.items():
+            rows, todo, start = [], [], 0
+            for s, log_dir in enumerate(logs):
+                pairs = log_pairs(log_dir, cfg.stride)
+                rows.append([log_dir.name, start, len(pairs)])
+                todo += [(str(log_dir), t0, t1, s) for t0, t1 in pairs]
+                start += len(pairs)
+            layout[split], items[split] = rows, todo
+        self.info.metadata["logs"] = layout
+        self.info.metadata["source"] = {"root": str(root)}
+        return {split: self._generate_examples(todo) for split, todo in items.items()}
+
+    def _generate_examples(self, items: list) -> Iterator[tuple[int, dict]]:
+        fn = functools.partial(_record, self.builder_config)
+        cut = 0
+        for index, ex in enumerate(records.ordered_map(fn, items, _LogCache, self._workers)):
+            cut += ex.pop("_points_cut")
+            if self._progress is not None:
+                self._progress()
+            yield index, ex
+        if cut:
+            print(f"bevjax_av2: {cut} of {len(items)} pairs filled all num_points slots (points may be cut)")
+
+
+def total_pairs(root, cfg: AV2BuilderConfig) -> int:
+    """Records a prepare of ``root`` writes (for progress bars)."""
+    return sum(len(log_pairs(d, cfg.stride)) for s in SPLITS for d in split_logs(Path(root), s))
+
+
+def prepare_command(data_dir: str, cfg: AV2BuilderConfig) -> str:
+    """The shell command that prepares ``cfg`` (a Python call for custom configs)."""
+    if cfg.name in PREDEFINED_CONFIGS:
+        root = "<Argoverse 2 sensor root>"
+        return f"python -m bevjax.data.prepare av2 --root {root} --data_dir {data_dir} --config {cfg.name}"
+    return (
+        "python -c \"from bevjax.data.prepare import prepare_av2; prepare_av2('<root>', "
+        f"'{data_dir}', <the AV2BuilderConfig named '{cfg.name}'>)\""
+    )
+
+
+def open_av2_split(data_dir, config: str | AV2BuilderConfig, split: str) -> PreparedSplitSource:
+    """Opens a prepared ``train`` / ``val`` split of sweep pairs (``len``, ``source[i]`` -> schema dict).
+
+    Errors: not prepared (with the command), unknown split (with the available ones), a schema or config that
+    differs from what was prepared.
+    """
+    cfg = PREDEFINED_CONFIGS.get(config, None) if isinstance(config, str) else config
+    if cfg is None:
+        raise ValueError(
+            f"unknown Argoverse 2 config '{config}': pass the AV2BuilderConfig it was prepared with"
+        )
+    builder = BevjaxAV2(data_dir=str(data_dir), config=cfg)
+    check_prepared_split(builder, split, prepare_command(str(data_dir), cfg))
+    check_prepared_schema(builder.data_path / "features.json", cfg.spec())
+    check_prepared_config(builder.data_path / "metadata.json", cfg, METADATA_KEY)
+    return PreparedSplitSource(builder, split, cfg.spec())
