@@ -12,6 +12,10 @@ Tiny (tests and smoke checks; 42 s in all on 2 CPU cores, world data prepared in
     python -m bevjax.train --config configs/lss.py:tiny --workdir runs/lss_tiny
 Full (the paper's configuration, for accelerators: 6 cameras 128x352, batch 4, 200x200 grid at 0.5 m, D = 41):
     python -m bevjax.train --config configs/lss.py:full --workdir runs/lss_full
+nuScenes (the paper's setting on real data, for accelerators; prepares the dataroot's keyframes on first use,
+    about 35 GB for v1.0-trainval, see data/README.md):
+    python -m bevjax.train --config configs/lss.py:nuscenes --workdir runs/lss_nusc \
+        --config.data.nuscenes.dataroot=/data/nuscenes
 Evaluate the latest checkpoint of a run (writes eval.json and prediction.png):
     python -m bevjax.evaluate --config configs/lss.py --workdir runs/lss
 Any field can be overridden: --config.train.steps=500 --config.optim.lr=2e-3
@@ -26,8 +30,8 @@ from bevjax.schema import BEV_CLASSES, NUSCENES_CAMERAS
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "default"
-    if variant not in ("default", "tiny", "full"):
-        raise ValueError(f"configs/lss.py:{variant}: choose from default, tiny, full")
+    if variant not in ("default", "tiny", "full", "nuscenes"):
+        raise ValueError(f"configs/lss.py:{variant}: choose from default, tiny, full, nuscenes")
     c = ml_collections.ConfigDict()
     c.task = "lss"
     c.seed = 0
@@ -38,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     c.data = ml_collections.ConfigDict()
-    c.data.dataset = "world"
+    c.data.dataset = "world"  # or "nuscenes" (a dataroot, prepared on first use: see c.data.nuscenes)
     c.data.data_dir = ""  # default: $BEVJAX_DATA_DIR or ~/bevjax_data
     c.data.domains = ("boston",)
     c.data.train_sequences = 6
@@ -55,6 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             lidar_beams=8,
             lidar_azimuths=256,
         )
+    )
+
+    # nuScenes (dataset "nuscenes"): data.world.cameras and image_hw also pick its channels and network size.
+    c.data.nuscenes = ml_collections.ConfigDict(
+        dict(dataroot="", config="keyframes", image_hw=(900, 1600), num_points=35_000, num_sweeps=0, workers=0)
     )
 
     c.model = ml_collections.ConfigDict()
@@ -110,6 +119,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.batch_size, c.train.steps, c.train.log_every, c.train.checkpoint_every = 2, 6, 2, 3
         c.eval.batch_size = 2
         c.tensorboard = False
+    elif variant == "nuscenes":
+        c.grid.xbound, c.grid.ybound = (-50.0, 50.0, 0.5), (-50.0, 50.0, 0.5)
+        c.loss.object_pos_weight = 2.13  # LSS
+        c.data.dataset = "nuscenes"
+        c.data.train_split, c.data.eval_split = "train", "val"
+        c.data.world.image_hw = (128, 352)
+        c.data.worker_count, c.data.nuscenes.workers = 4, 8
+        c.augment.resize_lim = (0.193, 0.225)  # LSS, of the 1600 x 900 images
+        c.augment.bot_pct_lim = (0.0, 0.22)
+        c.train.steps, c.train.log_every, c.train.checkpoint_every, c.train.eval_every = (
+            100_000,
+            100,
+            2000,
+            5000,
+        )
     elif variant == "full":
         c.grid.xbound, c.grid.ybound = (-50.0, 50.0, 0.5), (-50.0, 50.0, 0.5)
         c.loss.object_pos_weight = 2.13  # LSS

@@ -116,6 +116,33 @@ def test_evaluate_on_real_nuscenes_keyframe(tiny_run, data_dir):
     assert result.returncode != 0 and "--data_dir" in result.stderr
 
 
+def test_tiny_config_trains_on_real_nuscenes(tmp_path, data_dir):
+    """--config.data.dataset=nuscenes prepares the dataroot's keyframes on first use, then trains and evaluates."""
+    dataroot = os.path.join(ROOT, "..", "shared", "data", "nuscenes")
+    if not os.path.isdir(dataroot):
+        pytest.skip(f"real nuScenes sample not found at {os.path.abspath(dataroot)} (shared test data absent)")
+    nusc = [
+        "--config.data.dataset=nuscenes",
+        f"--config.data.nuscenes.dataroot={dataroot}",
+        "--config.data.nuscenes.image_hw=(90, 160)",
+        "--config.data.nuscenes.num_points=1000",
+        "--config.data.train_split=train",
+        "--config.data.eval_split=night_train",
+    ]
+    result = _cli("train", tmp_path, data_dir, *nusc, "--config.train.steps=2", check=False)
+    assert "preparing nuScenes dataset custom_" in result.stdout  # first use
+    assert result.returncode != 0 and "eval_split 'night_train' has no examples" in result.stderr  # before training
+    assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+    out = _run(tmp_path, data_dir, *nusc[:-1], "--config.data.eval_split=singapore_train", "--config.train.steps=2")
+    assert "preparing" not in out and "IoU per class on singapore_train" in out
+    result = json.load(open(tmp_path / "eval.json"))
+    assert result["step"] == 2 and result["split"] == "singapore_train"
+    assert (tmp_path / "prediction.png").stat().st_size > 1000
+    # Started again when finished: it resumes at the last step and only evaluates.
+    out = _run(tmp_path, data_dir, *nusc[:-1], "--config.data.eval_split=singapore_train", "--config.train.steps=2")
+    assert "resumed from" in out and "at step 2" in out and "IoU per class on singapore_train" in out
+
+
 def test_killed_run_resumes_to_identical_parameters(tiny_run, tmp_path, data_dir):
     reference_dir, _ = tiny_run
     workdir = tmp_path / "killed"
@@ -139,13 +166,14 @@ def test_killed_run_resumes_to_identical_parameters(tiny_run, tmp_path, data_dir
 
 
 def test_config_variants_and_errors():
-    for variant in ("default", "tiny", "full"):
+    for variant in ("default", "tiny", "full", "nuscenes"):
         c = lss_config.get_config(variant)
         assert c.data.world.image_hw[0] % 32 == 0 and c.data.world.image_hw[1] % 32 == 0
         for lo, hi, res in (c.grid.xbound, c.grid.ybound):  # the BEV encoder halves the grid three times
             assert round((hi - lo) / res) % 8 == 0, variant
     assert lss_config.get_config("full").grid.xbound == (-50.0, 50.0, 0.5)
-    with pytest.raises(ValueError, match="choose from default, tiny, full"):
+    assert lss_config.get_config("nuscenes").data.dataset == "nuscenes"
+    with pytest.raises(ValueError, match="choose from default, tiny, full, nuscenes"):
         lss_config.get_config("huge")
 
 

@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 
 from bevjax.data import transforms as T
+from bevjax.data.datasets import open_splits
 from bevjax.data.pipeline import make_dataset
-from bevjax.data.world_data import open_splits
 from bevjax.geometry.grid import BEVGrid
 from bevjax.losses import bce_with_logits
 from bevjax.metrics import confusion_counts

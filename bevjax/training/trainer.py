@@ -94,6 +94,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_batch_size(config.eval.batch_size, mesh)
     local_batch = tc.batch_size // jax.process_count()
 
+    if len(task.eval_source()) == 0:  # fail before training, not after it
+        raise ValueError(f"config.data.eval_split '{config.data.eval_split}' has no examples")
     dataset = task.train_dataset(config.seed, local_batch, jax.process_index(), jax.process_count())
     iterator = make_iterator(dataset)
     tx = make_optimizer(config.optim, tc.steps)
@@ -134,7 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
             res = evaluate_state(task, _variables(state), config, mesh).result()
             logger.write(done, res, prefix="eval")
-    ckpt.save(tc.steps, state, iterator, force=True)
+    if ckpt.latest_step() != tc.steps:  # a finished run that is started again only evaluates
+        ckpt.save(tc.steps, state, iterator, force=True)
     ckpt.close()
     print(f"trained {tc.steps - start} steps in {time.time() - t0:.0f}s", flush=True)
     return finish(task, _variables(state), config, workdir, mesh, int(state.step), logger)
