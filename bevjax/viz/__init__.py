@@ -9,8 +9,10 @@ from bevjax.viz.bev import (
     fit_height,
     labelled,
     lidar_bev,
+    points_to_display,
     preview_image,
     save_png,
+    scatter_points,
     stack_rows,
 )
 
@@ -24,6 +26,8 @@ __all__ = [
     "colorize_bev",
     "colorize_semantic",
     "lidar_bev",
+    "points_to_display",
+    "scatter_points",
     "preview_image",
     "save_png",
 ]

@@ -101,6 +101,24 @@ def lidar_bev(
     return img
 
 
+def points_to_display(points: np.ndarray, grid: BEVGrid, scale: int = 1):
+    """Display (row, col) pixels of ego-frame points [p, >=2] on a BEV picture ``scale`` pixels per cell, and a
+    [p] mask of those inside it."""
+    nx, ny, _ = grid.shape
+    i = np.floor((points[:, 0] - grid.xbound[0]) / grid.xbound[2] * scale).astype(np.int64)
+    j = np.floor((points[:, 1] - grid.ybound[0]) / grid.ybound[2] * scale).astype(np.int64)
+    ok = (i >= 0) & (i < nx * scale) & (j >= 0) & (j < ny * scale)
+    return nx * scale - 1 - i, ny * scale - 1 - j, ok
+
+
+def scatter_points(image: np.ndarray, points: np.ndarray, grid: BEVGrid, scale: int, colours) -> np.ndarray:
+    """Draws ego-frame points [p, >=2] in place on a displayed BEV picture, one colour or one per point."""
+    rows, cols, ok = points_to_display(np.asarray(points), grid, scale)
+    colours = np.broadcast_to(np.asarray(colours, np.uint8), (len(points), 3))
+    image[rows[ok], cols[ok]] = colours[ok]
+    return image
+
+
 def _ego_marker(image: np.ndarray, grid: BEVGrid) -> np.ndarray:
     """Draws the ego footprint (4.1 x 1.85 m, rear axle at the origin) on a displayed BEV picture."""
     pil = Image.fromarray(np.ascontiguousarray(image))

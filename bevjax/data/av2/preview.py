@@ -8,24 +8,10 @@ from PIL import Image, ImageDraw
 from bevjax.geometry.grid import BEVGrid
 from bevjax.geometry.transforms import invert_rigid, transform_points
 from bevjax.schema import SEMANTIC_CLASS_ID
-from bevjax.viz import SEMANTIC_PALETTE, colorize_bev, labelled, save_png
+from bevjax.viz import SEMANTIC_PALETTE, colorize_bev, labelled, points_to_display, save_png, scatter_points
 
 POINT_COLOUR = (150, 150, 150)
 NEXT_SWEEP_COLOUR = (0, 170, 110)
-
-
-def _pixels(points: np.ndarray, grid: BEVGrid, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Display (row, col) of ego points (forward up, left to the left) and which fall inside the picture."""
-    nx, ny, _ = grid.shape
-    i = np.floor((points[:, 0] - grid.xbound[0]) / grid.xbound[2] * scale).astype(np.int64)
-    j = np.floor((points[:, 1] - grid.ybound[0]) / grid.ybound[2] * scale).astype(np.int64)
-    ok = (i >= 0) & (i < nx * scale) & (j >= 0) & (j < ny * scale)
-    return nx * scale - 1 - i, ny * scale - 1 - j, ok
-
-
-def _dots(image: np.ndarray, points: np.ndarray, grid: BEVGrid, scale: int, colours) -> None:
-    rows, cols, ok = _pixels(points, grid, scale)
-    image[rows[ok], cols[ok]] = np.broadcast_to(np.asarray(colours, np.uint8), points.shape[:1] + (3,))[ok]
 
 
 def pair_preview(example: dict, grid: BEVGrid, scale: int = 2) -> np.ndarray:
@@ -36,16 +22,16 @@ def pair_preview(example: dict, grid: BEVGrid, scale: int = 2) -> np.ndarray:
     pts = example["lidar_points"][valid].astype(np.float64)
     left = np.ascontiguousarray(np.repeat(np.repeat(colorize_bev(example["bev_labels"], example["bev_visibility"]),
                                                     scale, 0), scale, 1))  # fmt: skip
-    _dots(left, pts, grid, scale, POINT_COLOUR)
+    scatter_points(left, pts, grid, scale, POINT_COLOUR)
 
     nx, ny, _ = grid.shape
     right = np.full((nx * scale, ny * scale, 3), 20, np.uint8)
     back = invert_rigid(example["next_ego_from_ego"].astype(np.float64))
     nxt = transform_points(back, example["next_lidar_points"][example["next_lidar_valid"]].astype(np.float64))
-    _dots(right, nxt, grid, scale, NEXT_SWEEP_COLOUR)
+    scatter_points(right, nxt, grid, scale, NEXT_SWEEP_COLOUR)
     cls = example["lidar_class"][valid]
     colours = np.where((cls == SEMANTIC_CLASS_ID["background"])[:, None], POINT_COLOUR, SEMANTIC_PALETTE[cls])
-    _dots(right, pts, grid, scale, colours)
+    scatter_points(right, pts, grid, scale, colours)
 
     nxt_from = example["next_ego_from_ego"].astype(np.float64)
     flow = example["lidar_flow"][valid].astype(np.float64)
@@ -53,8 +39,8 @@ def pair_preview(example: dict, grid: BEVGrid, scale: int = 2) -> np.ndarray:
     moving = np.flatnonzero(np.linalg.norm(motion[:, :2], axis=-1) > 0.05)[::4]
     pil = Image.fromarray(right)
     draw = ImageDraw.Draw(pil)
-    r0, c0, _ = _pixels(pts[moving], grid, scale)
-    r1, c1, _ = _pixels(pts[moving] + 5.0 * motion[moving], grid, scale)
+    r0, c0, _ = points_to_display(pts[moving], grid, scale)
+    r1, c1, _ = points_to_display(pts[moving] + 5.0 * motion[moving], grid, scale)
     for a, b, c, d in zip(c0, r0, c1, r1, strict=True):
         draw.line([(int(a), int(b)), (int(c), int(d))], fill=(255, 255, 255), width=1)
     right = np.asarray(pil)
