@@ -91,16 +91,18 @@ def cuboid_flow(
     cat = np.zeros(len(pts), np.uint8)
     track = np.zeros(len(pts), np.int32)
     grown = cuboids0["size"] + np.array([BOX_EXPANSION_M, BOX_EXPANSION_M, 0.0])
-    inside = points_in_boxes(pts, cuboids0["ego_from_object"], grown)  # p m
     later = {t: i for i, t in enumerate(cuboids1["track_id"])}
     for m, track_id in enumerate(cuboids0["track_id"]):  # later boxes overwrite earlier ones, as in av2
-        mask = inside[:, m]
-        if not mask.any():
+        box = cuboids0["ego_from_object"][m]
+        reach = 0.5 * np.linalg.norm(grown[m])  # points farther from the centre cannot be inside
+        near = np.flatnonzero(np.all(np.abs(pts - box[:3, 3]) <= reach, axis=-1))
+        mask = near[points_in_boxes(pts[near], box[None], grown[m : m + 1])[:, 0]]
+        if not len(mask):
             continue
         cat[mask] = category_index(cuboids0["category"][m])
         track[mask] = m + 1
         if track_id in later:
-            motion = cuboids1["ego_from_object"][later[track_id]] @ invert_rigid(cuboids0["ego_from_object"][m])
+            motion = cuboids1["ego_from_object"][later[track_id]] @ invert_rigid(box)
             flow[mask] = transform_points(motion, pts[mask]) - pts[mask]
         else:
             flow[mask] = ego_flow[mask]
