@@ -145,6 +145,13 @@ def subset_spec(spec: dict, drop: tuple[str, ...] = CAMERA_IMAGE_KEYS) -> dict:
     return {k: v for k, v in spec.items() if k not in drop}
 
 
+def pad_points(a: np.ndarray, p: int) -> np.ndarray:
+    """The first ``p`` rows of ``a`` [m, ...], zero-padded to ``p`` rows (per-point keys have a fixed length)."""
+    out = np.zeros((p,) + a.shape[1:], a.dtype)
+    out[: min(p, len(a))] = a[:p]
+    return out
+
+
 def check_example(example: dict, spec: dict, where: str = "example") -> None:
     """Raises ValueError naming the first key whose presence, shape or dtype differs from ``spec``."""
     missing = sorted(set(spec) - set(example))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,30 @@ def tiny_world(tmp_path_factory):
     with patched_world():
         prepare_world(str(data_dir), TINY_CONFIG, progress=False)
     return str(data_dir), TINY_CONFIG
+
+
+# The real sample files of ../shared/data (absent on users' machines: tests that need them skip).
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+NUSCENES_ROOT = SHARED_DATA / "nuscenes"
+NUSCENES_VERSION = "v1.0-test"
+AV2_LOG_DIR = SHARED_DATA / "av2" / "sensor" / "val" / "7fab2350-7eaf-3b7e-a39d-6937a4c1bede"
+
+
+@pytest.fixture(scope="session")
+def nuscenes_tables():
+    """The tables of the real nuScenes keyframe (skips when the shared data is absent)."""
+    from bevjax.data.nuscenes import NuScenesTables
+
+    if not (NUSCENES_ROOT / NUSCENES_VERSION).is_dir():
+        pytest.skip(f"real nuScenes sample not found at {NUSCENES_ROOT.resolve()} (shared test data absent)")
+    return NuScenesTables(NUSCENES_ROOT, NUSCENES_VERSION)
+
+
+@pytest.fixture(scope="session")
+def av2_log():
+    """The real Argoverse 2 sample log (skips when the shared data is absent)."""
+    from bevjax.data.av2 import AV2Log
+
+    if not AV2_LOG_DIR.is_dir():
+        pytest.skip(f"real Argoverse 2 sample log not found at {AV2_LOG_DIR.resolve()} (shared test data absent)")
+    return AV2Log(AV2_LOG_DIR)

@@ -27,10 +27,8 @@ GRID = BEVGrid()
 
 
 @pytest.fixture(scope="module")
-def log() -> AV2Log:
-    if not LOG_DIR.is_dir():
-        pytest.skip(f"real Argoverse 2 sample log not found at {LOG_DIR.resolve()} (shared test data absent)")
-    return AV2Log(LOG_DIR)
+def log(av2_log) -> AV2Log:
+    return av2_log
 
 
 @pytest.fixture(scope="module")

@@ -31,10 +31,8 @@ GRID = BEVGrid()
 
 
 @pytest.fixture(scope="module")
-def tables() -> NuScenesTables:
-    if not (DATAROOT / VERSION).is_dir():
-        pytest.skip(f"real nuScenes sample not found at {DATAROOT.resolve()} (shared test data absent)")
-    return NuScenesTables(DATAROOT, VERSION)
+def tables(nuscenes_tables) -> NuScenesTables:
+    return nuscenes_tables
 
 
 @pytest.fixture(scope="module")

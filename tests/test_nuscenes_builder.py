@@ -20,10 +20,8 @@ VERSION = "v1.0-test"
 
 
 @pytest.fixture(scope="module")
-def tables() -> NuScenesTables:
-    if not (DATAROOT / VERSION).is_dir():
-        pytest.skip(f"real nuScenes sample not found at {DATAROOT.resolve()} (shared test data absent)")
-    return NuScenesTables(DATAROOT, VERSION)
+def tables(nuscenes_tables) -> NuScenesTables:
+    return nuscenes_tables
 
 
 @pytest.fixture(scope="module")

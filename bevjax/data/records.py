@@ -95,3 +95,91 @@ def ordered_map(
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold JAX / threads
     with ctx.Pool(workers, initializer=_init_worker, initargs=(initializer,)) as pool:
         yield from pool.imap(_call_worker, ((fn, item) for item in items), chunksize=1)
+
+
+def derive_config(predefined: Mapping[str, Any], base: str, fields: tuple[str, ...], what: str, **overrides):
+    """A predefined config, or a copy named ``custom_<hash of its content>`` when ``overrides`` change it.
+
+    Args:
+      predefined: ``{name: config}``; configs have ``content()`` and the attributes ``fields``.
+      base: the predefined name to start from.
+      fields: the attributes ``overrides`` may set (None values keep the base's).
+      what: the dataset's name in error messages.
+    """
+    if base not in predefined:
+        raise ValueError(f"unknown {what} config '{base}'; predefined: {sorted(predefined)}")
+    cfg = predefined[base]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {what} config fields {unknown}; fields are {sorted(fields)}")
+    kwargs = {f: getattr(cfg, f) for f in fields}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    new = type(cfg)(name="custom", version=cfg.version, description=f"custom {what} config", **kwargs)
+    if new.content() == cfg.content():
+        return cfg
+    new.name = content_name("custom", new.content())
+    return new
+
+
+class RealDatasetBuilder(tfds.core.GeneratorBasedBuilder):
+    """What the real-dataset builders share: array_record files, predefined configs passed by name (TFDS pickles
+    builders by their keyword arguments), generation settings that are not content (progress, worker
+    processes), records in generation order, the config in ``metadata.json`` under ``METADATA_KEY``.
+
+    Subclasses set the TFDS class attributes, ``PREDEFINED_CONFIGS`` and ``METADATA_KEY``; their configs have
+    ``stored()`` (the stored spec) and ``to_json()``.
+    """
+
+    PREDEFINED_CONFIGS: Mapping[str, Any] = {}
+    METADATA_KEY = ""
+
+    def __init__(self, *, file_format: str | None = "array_record", **kw):
+        self._progress, self._workers, self._generation = None, 0, {}
+        config = kw.get("config")
+        if (
+            config is not None
+            and not isinstance(config, str)
+            and self.PREDEFINED_CONFIGS.get(config.name) is config
+        ):
+            kw["config"] = config.name
+        super().__init__(file_format=file_format, **kw)
+
+    def set_generation(self, progress: Callable[[], Any] | None = None, workers: int = 0, **options) -> None:
+        """How ``download_and_prepare`` runs: a callable per record, worker processes, builder options."""
+        self._progress, self._workers, self._generation = progress, int(workers), dict(options)
+
+    # TFDS's own ``code_path`` needs a backport absent here for builders outside tensorflow_datasets.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        import inspect
+
+        from etils import epath
+
+        return epath.Path(inspect.getfile(cls))
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        import inspect
+
+        cfg = self.builder_config
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(inspect.getmodule(type(self)).__doc__ or "").split("\n\n")[0],
+            features=stored_features(cfg.stored()),
+            disable_shuffling=True,  # record i of a split is the i-th generated one
+            metadata=tfds.core.MetadataDict({self.METADATA_KEY: cfg.to_json()}),
+        )
+
+    def _generate_records(self, fn, items: list, initializer) -> Iterator[tuple[int, dict]]:
+        """``(index, fn(state, item))`` in order (see :func:`ordered_map`); records whose ``_points_cut`` is set
+        are counted and reported at the end."""
+        cut = 0
+        for index, ex in enumerate(ordered_map(fn, items, initializer, self._workers)):
+            cut += ex.pop("_points_cut", 0)
+            if self._progress is not None:
+                self._progress()
+            yield index, ex
+        if cut:
+            print(
+                f"{self.name}: {cut} of {len(items)} records filled all num_points slots (points may be cut)"
+            )

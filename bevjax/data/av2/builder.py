@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tensorflow_datasets as tfds
-from etils import epath
 
 from bevjax.data import records
 from bevjax.data.av2.map import AV2Map
@@ -63,7 +62,11 @@ class AV2BuilderConfig(tfds.core.BuilderConfig):
             raise ValueError(f"Argoverse 2 config '{self.name}': need num_points >= 1 and stride >= 1")
 
     def spec(self) -> dict:
+        """``{key: (shape, dtype)}`` of a record (stored as it is: ``stored()`` is the same)."""
         return subset_spec(example_spec(len(RING_CAMERAS), (1, 1), self.grid.shape[:2], self.num_points))
+
+    def stored(self) -> dict:
+        return self.spec()
 
     def content(self) -> dict:
         return {"grid": dataclasses.asdict(self.grid), "num_points": self.num_points, "stride": self.stride}
@@ -80,19 +83,9 @@ PREDEFINED_CONFIGS = {DEFAULT.name: DEFAULT}
 
 def make_config(base: str = "default", **overrides) -> AV2BuilderConfig:
     """A predefined config, or a ``custom_<hash>`` one when ``overrides`` (grid, num_points, stride) change it."""
-    if base not in PREDEFINED_CONFIGS:
-        raise ValueError(f"unknown Argoverse 2 config '{base}'; predefined: {sorted(PREDEFINED_CONFIGS)}")
-    cfg = PREDEFINED_CONFIGS[base]
-    kwargs = {f: getattr(cfg, f) for f in ("grid", "num_points", "stride")}
-    unknown = sorted(set(overrides) - set(kwargs))
-    if unknown:
-        raise ValueError(f"unknown Argoverse 2 config fields {unknown}; fields are {sorted(kwargs)}")
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    new = AV2BuilderConfig(name="custom", version=VERSION, description="custom Argoverse 2 config", **kwargs)
-    if new.content() == cfg.content():
-        return cfg
-    new.name = records.content_name("custom", new.content())
-    return new
+    return records.derive_config(
+        PREDEFINED_CONFIGS, base, ("grid", "num_points", "stride"), "Argoverse 2", **overrides
+    )
 
 
 def split_logs(root: Path, split: str) -> list[Path]:
@@ -133,7 +126,7 @@ def _record(cfg: AV2BuilderConfig, cache: _LogCache, item: tuple[str, int, int, 
     return ex
 
 
-class BevjaxAV2(tfds.core.GeneratorBasedBuilder):
+class BevjaxAV2(records.RealDatasetBuilder):
     """Argoverse 2 sweep pairs in the bevjax schema (see the module docstring)."""
 
     name = DATASET_NAME
@@ -143,36 +136,12 @@ class BevjaxAV2(tfds.core.GeneratorBasedBuilder):
     }
     BUILDER_CONFIGS = [DEFAULT]
     DEFAULT_CONFIG_NAME = "default"
+    PREDEFINED_CONFIGS = PREDEFINED_CONFIGS
+    METADATA_KEY = METADATA_KEY
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download the Argoverse 2 sensor dataset (https://www.argoverse.org) and pass the folder holding train/ "
         "and val/ (one folder per log) as the manual dir."
     )
-
-    def __init__(self, *, file_format: str | None = "array_record", **kw):
-        self._progress, self._workers = None, 0
-        config = kw.get("config")
-        if isinstance(config, AV2BuilderConfig) and PREDEFINED_CONFIGS.get(config.name) is config:
-            kw["config"] = config.name
-        super().__init__(file_format=file_format, **kw)
-
-    def set_generation(self, progress=None, workers: int = 0) -> None:
-        """How ``download_and_prepare`` runs: a callable per record and worker processes."""
-        self._progress, self._workers = progress, int(workers)
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:  # see world_builder.BevjaxWorld.code_path
-        return epath.Path(__file__)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        cfg: AV2BuilderConfig = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__.split("\n\n")[0],
-            features=records.stored_features(cfg.spec()),
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict({METADATA_KEY: cfg.to_json()}),
-        )
 
     def _split_generators(self, dl_manager) -> dict[str, Iterator]:
         root = Path(dl_manager.manual_dir)
@@ -197,15 +166,7 @@ class BevjaxAV2(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(todo) for split, todo in items.items()}
 
     def _generate_examples(self, items: list) -> Iterator[tuple[int, dict]]:
-        fn = functools.partial(_record, self.builder_config)
-        cut = 0
-        for index, ex in enumerate(records.ordered_map(fn, items, _LogCache, self._workers)):
-            cut += ex.pop("_points_cut")
-            if self._progress is not None:
-                self._progress()
-            yield index, ex
-        if cut:
-            print(f"bevjax_av2: {cut} of {len(items)} pairs filled all num_points slots (points may be cut)")
+        return self._generate_records(functools.partial(_record, self.builder_config), items, _LogCache)
 
 
 def total_pairs(root, cfg: AV2BuilderConfig) -> int:

@@ -24,7 +24,7 @@ from bevjax.data.av2.reader import AV2Log
 from bevjax.geometry.grid import BEVGrid
 from bevjax.geometry.transforms import invert_rigid, points_in_boxes, transform_points
 from bevjax.metrics.scene_flow import AV2_CATEGORIES, DYNAMIC_THRESHOLD
-from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, SEMANTIC_CLASS_ID
+from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, SEMANTIC_CLASS_ID, pad_points
 
 BOX_EXPANSION_M = 0.2  # Argoverse 2 grows cuboid length and width by this when assigning points to objects
 RING_CAMERAS = (
@@ -129,12 +129,6 @@ def object_raster(cuboids: dict, grid: BEVGrid) -> dict[str, np.ndarray]:
     return out
 
 
-def _pad(a: np.ndarray, p: int) -> np.ndarray:
-    out = np.zeros((p,) + a.shape[1:], a.dtype)
-    out[: min(p, len(a))] = a[:p]
-    return out
-
-
 def load_pair(
     log: AV2Log,
     t0: int,
@@ -190,14 +184,14 @@ def load_pair(
         "ego_to_world": city_from_ego.astype(f32),
         "bev_labels": bev,
         "bev_visibility": raster.frustum_visibility(intrinsics, cam_to_ego, calib["image_hw"][order], grid),
-        "lidar_points": _pad(pts0.astype(f32), p),
+        "lidar_points": pad_points(pts0.astype(f32), p),
         "lidar_valid": np.arange(p) < len(pts0),
-        "lidar_class": _pad(lidar_class, p),
-        "lidar_instance": _pad(flow["track"], p),
-        "lidar_ground": _pad(ground, p),
-        "lidar_flow": _pad(flow["lidar_flow"], p),
+        "lidar_class": pad_points(lidar_class, p),
+        "lidar_instance": pad_points(flow["track"], p),
+        "lidar_ground": pad_points(ground, p),
+        "lidar_flow": pad_points(flow["lidar_flow"], p),
         "next_ego_from_ego": next_from.astype(f32),
-        "next_lidar_points": _pad(pts1.astype(f32), p),
+        "next_lidar_points": pad_points(pts1.astype(f32), p),
         "next_lidar_valid": np.arange(p) < len(pts1),
         "sequence_id": np.int32(sequence_id),
         "frame_index": np.int32(np.searchsorted(stamps, t0)),

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from bevjax.data import records
 from bevjax.data.nuscenes import splits as nusc_splits
@@ -142,21 +141,8 @@ PREDEFINED_CONFIGS = {c.name: c for c in (KEYFRAMES, SWEEPS10)}
 
 def make_config(base: str = "keyframes", **overrides) -> NuScenesBuilderConfig:
     """A predefined config, or a ``custom_<hash>`` one when ``overrides`` (config attributes) change it."""
-    if base not in PREDEFINED_CONFIGS:
-        raise ValueError(f"unknown nuScenes config '{base}'; predefined: {sorted(PREDEFINED_CONFIGS)}")
-    cfg = PREDEFINED_CONFIGS[base]
-    kwargs = {**{f: getattr(cfg, f) for f in ("grid", "image_hw", "num_points", "num_sweeps", "cameras")}}
-    unknown = sorted(set(overrides) - set(kwargs))
-    if unknown:
-        raise ValueError(f"unknown nuScenes config fields {unknown}; fields are {sorted(kwargs)}")
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    new = NuScenesBuilderConfig(
-        name="custom", version=VERSION, description="custom nuScenes config", **kwargs
-    )
-    if new.content() == cfg.content():
-        return cfg
-    new.name = records.content_name("custom", new.content())
-    return new
+    fields = ("grid", "image_hw", "num_points", "num_sweeps", "cameras")
+    return records.derive_config(PREDEFINED_CONFIGS, base, fields, "nuScenes", **overrides)
 
 
 # Generation (module-level so that worker processes can run it) ---------------------------------------------
@@ -197,7 +183,7 @@ def _num_points(tables: NuScenesTables, lidar_sd: dict, cfg: NuScenesBuilderConf
     return sum(tables.path(sd).stat().st_size // 20 for sd in files)  # 5 float32 per point
 
 
-class BevjaxNuScenes(tfds.core.GeneratorBasedBuilder):
+class BevjaxNuScenes(records.RealDatasetBuilder):
     """nuScenes keyframes in the bevjax schema (see the module docstring)."""
 
     name = DATASET_NAME
@@ -207,40 +193,16 @@ class BevjaxNuScenes(tfds.core.GeneratorBasedBuilder):
     }
     BUILDER_CONFIGS = [KEYFRAMES, SWEEPS10]
     DEFAULT_CONFIG_NAME = "keyframes"
+    PREDEFINED_CONFIGS = PREDEFINED_CONFIGS
+    METADATA_KEY = METADATA_KEY
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download nuScenes (https://www.nuscenes.org/download) and pass the dataroot holding v1.0-*/, samples/, "
         "sweeps/ and maps/ (and maps/expansion/ for all six map classes) as the manual dir."
     )
 
-    def __init__(self, *, file_format: str | None = "array_record", **kw):
-        self._progress, self._workers, self._table_folder = None, 0, None
-        config = kw.get("config")
-        if isinstance(config, NuScenesBuilderConfig) and PREDEFINED_CONFIGS.get(config.name) is config:
-            kw["config"] = config.name  # TFDS pickles builders by their kwargs: predefined configs go by name
-        super().__init__(file_format=file_format, **kw)
-
-    def set_generation(self, progress=None, workers: int = 0, version: str | None = None) -> None:
-        """How ``download_and_prepare`` runs: a callable per record, worker processes, the version folder."""
-        self._progress, self._workers, self._table_folder = progress, int(workers), version
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:  # see world_builder.BevjaxWorld.code_path
-        return epath.Path(__file__)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        cfg: NuScenesBuilderConfig = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__.split("\n\n")[0],
-            features=records.stored_features(cfg.stored()),
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict({METADATA_KEY: cfg.to_json()}),
-        )
-
     def _split_generators(self, dl_manager) -> dict[str, Iterator]:
         root = Path(dl_manager.manual_dir)
-        version = self._table_folder or find_version(root)
+        version = self._generation.get("version") or find_version(root)
         tables = NuScenesTables(root, version)
         scenes = {k: v for k, v in nusc_splits.split_scenes(tables).items() if k in STORED_SPLITS}
         if not scenes:
@@ -270,16 +232,7 @@ class BevjaxNuScenes(tfds.core.GeneratorBasedBuilder):
         items = [(t, s) for s, scene in enumerate(scene_tokens) for t in tables.scene_samples(scene)]
         fn = functools.partial(_record, self.builder_config)
         opener = functools.partial(_open_tables, str(tables.dataroot), tables.version)
-        cut = 0
-        for index, ex in enumerate(records.ordered_map(fn, items, opener, self._workers)):
-            cut += ex.pop("_points_cut")
-            if self._progress is not None:
-                self._progress()
-            yield index, ex
-        if cut:
-            print(
-                f"bevjax_nuscenes: {cut} of {len(items)} records had more LiDAR points than num_points (cut)"
-            )
+        return self._generate_records(fn, items, opener)
 
 
 # Reading ---------------------------------------------------------------------------------------------------

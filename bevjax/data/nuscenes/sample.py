@@ -22,7 +22,7 @@ from bevjax.data.nuscenes.map_expansion import MapExpansion
 from bevjax.data.nuscenes.tables import NuScenesTables, rigid_from_pose
 from bevjax.geometry.grid import BEVGrid
 from bevjax.geometry.transforms import invert_rigid, points_in_boxes, transform_points
-from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, NUSCENES_CAMERAS, SEMANTIC_CLASS_ID
+from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, NUSCENES_CAMERAS, SEMANTIC_CLASS_ID, pad_points
 
 MAP_RESOLUTION = 0.1  # metres per pixel of the semantic-prior masks
 LIDAR_CHANNEL = "LIDAR_TOP"
@@ -206,12 +206,6 @@ def _lidar_labels(points: np.ndarray, boxes: list[dict]) -> tuple[np.ndarray, np
     return cls, inst
 
 
-def _pad(a: np.ndarray, p: int) -> np.ndarray:
-    out = np.zeros((p,) + a.shape[1:], a.dtype)
-    out[: min(p, len(a))] = a[:p]
-    return out
-
-
 def load_sample(
     tables: NuScenesTables,
     sample_token: str,
@@ -276,10 +270,10 @@ def load_sample(
         "post_trans": np.zeros((n, 3), f32),
         "bev_labels": bev,
         "bev_visibility": raster.frustum_visibility(intrinsics, cam_to_ego, hw, grid),
-        "lidar_points": _pad(points.astype(f32), p),
+        "lidar_points": pad_points(points.astype(f32), p),
         "lidar_valid": np.arange(p) < len(points),
-        "lidar_class": _pad(lidar_class, p),
-        "lidar_instance": _pad(lidar_instance, p),
+        "lidar_class": pad_points(lidar_class, p),
+        "lidar_instance": pad_points(lidar_instance, p),
         "lidar_ground": np.zeros(p, bool),
         "lidar_flow": np.zeros((p, 3), f32),
         "next_ego_from_ego": np.eye(4, dtype=f32),
