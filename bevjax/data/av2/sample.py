@@ -5,7 +5,8 @@ The example's ego frame is the ego pose at the first sweep. Scene flow follows t
 ``next_ego_from_ego p - p``; a point inside a cuboid of the first sweep (length and width grown by 0.2 m) whose
 track is annotated in the second sweep gets the cuboid's motion ``ego1_from_box1 box0_from_ego0 p - p`` instead.
 Points of tracks that end at the first sweep keep the ego-motion flow (Argoverse 2 marks them invalid; the
-schema has no flow-validity key, so :func:`cuboid_flow` returns the mask for callers that need it).
+schema has no flow-validity key, so :func:`cuboid_flow` returns the mask for callers that need it). Where the
+log stores its own labels for the pair (``flow_labels.feather``: flow, categories, ground), those are used.
 
 ``lidar_class`` maps the cuboid categories to ``SEMANTIC_CLASSES`` (``AV2_SEMANTIC``); points in no cuboid are
 ``background``, i.e. unlabelled, since Argoverse 2 has no per-point semantics. ``lidar_ground`` is the map's
@@ -117,6 +118,20 @@ def cuboid_flow(
     }
 
 
+def official_labels(log: AV2Log, t0: int, num_points: int) -> dict | None:
+    """``AV2Log.load_flow_labels()`` when the log stores scene-flow labels for the pair starting at ``t0``
+    (``flow_labels.feather`` describes the log's first sweep, one row per point), else None."""
+    if not (log.log_dir / "flow_labels.feather").is_file() or int(t0) != int(log.lidar_timestamps()[0]):
+        return None
+    labels = log.load_flow_labels()
+    if len(labels["lidar_flow"]) != num_points:
+        raise ValueError(
+            f"{log.log_dir / 'flow_labels.feather'}: {len(labels['lidar_flow'])} rows for a first sweep of "
+            f"{num_points} points"
+        )
+    return labels
+
+
 def object_raster(cuboids: dict, grid: BEVGrid) -> dict[str, np.ndarray]:
     """``{'vehicle': [x, y], 'pedestrian': [x, y]}`` uint8 footprints of the (ego-frame) cuboids."""
     out = {}
@@ -159,11 +174,13 @@ def load_pair(
     city_from_ego = log.city_from_ego(t0)
     cub0, cub1 = log.cuboids(t0), log.cuboids(t1)
     flow = cuboid_flow(pts0, cub0, cub1, next_from)
-
-    lidar_class = np.zeros(len(pts0), np.uint8)
-    for m, category in enumerate(cub0["category"]):
-        lidar_class[flow["track"] == m + 1] = semantic_class(category)
     ground = av2_map.is_ground(transform_points(city_from_ego, pts0.astype(np.float64)))
+    official = official_labels(log, t0, len(pts0))
+    if official is not None:  # the log's own scene-flow labels of this pair
+        flow["lidar_flow"], flow["category_index"] = official["lidar_flow"], official["category_index"]
+        ground = official["lidar_ground"]
+    semantic = np.array([0] + [SEMANTIC_CLASS_ID[AV2_SEMANTIC[c]] for c in AV2_CATEGORIES], np.uint8)
+    lidar_class = semantic[flow["category_index"]]
 
     bev = np.zeros(grid.shape[:2] + (NUM_BEV_CLASSES,), np.uint8)
     for name, layer in {**av2_map.raster(city_from_ego, grid), **object_raster(cub0, grid)}.items():
