@@ -2,8 +2,9 @@
 
 Prints the per-class IoU table and writes ``eval.json`` and ``prediction.png`` into the workdir. On real data:
 ``--dataset nuscenes --data_dir ../shared/data/nuscenes`` evaluates on the keyframes of a nuScenes dataroot
-(``eval_nuscenes.json``, ``prediction_nuscenes.png``; only drivable area, vehicle and pedestrian are labelled
-there without the map-expansion layers).
+(``eval_nuscenes.json``, ``prediction_nuscenes.png``; of the map classes only drivable area is labelled there
+without ``maps/expansion/``). A run trained with ``--config.data.dataset=nuscenes`` evaluates on its config's
+prepared split (e.g. ``--config.data.eval_split=night_val``) without ``--dataset``.
 """
 
 from __future__ import annotations
