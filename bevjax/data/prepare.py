@@ -200,7 +200,7 @@ def describe(builder) -> str:
     """
     lines = [f"{builder.name}/{builder.builder_config.name} is in {builder.data_path}"]
     for name, split in sorted(builder.info.splits.items()):
-        lines.append(f"  {name:28s} {split.num_examples:6d} samples  {split.num_bytes / 2**20:9.2f} MiB")
+        lines.append(f"  {name:28s} {split.num_examples:6d} records  {split.num_bytes / 2**20:9.2f} MiB")
     return "\n".join(lines)
 
 
