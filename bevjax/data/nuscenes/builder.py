@@ -155,8 +155,11 @@ def _open_tables(dataroot: str, version: str) -> NuScenesTables:
 def _record(cfg: NuScenesBuilderConfig, tables: NuScenesTables, item: tuple[str, int]) -> dict:
     """One stored record: ``load_sample`` with JPEG images and the split's sequence id."""
     token, sequence_id = item
-    ex = load_sample(tables, token, cfg.grid, cfg.image_hw, cfg.num_points, cfg.cameras, cfg.num_sweeps)
-    if cfg.image_hw is None:  # keep the original JPEG bytes: no second lossy encoding
+    copy = cfg.image_hw is None  # keep the original JPEG bytes: no decoding, no second lossy encoding
+    ex = load_sample(
+        tables, token, cfg.grid, cfg.image_hw, cfg.num_points, cfg.cameras, cfg.num_sweeps, decode_images=not copy
+    )
+    if copy:
         jpegs = np.empty(len(cfg.cameras), object)
         for i, channel in enumerate(cfg.cameras):
             sd = tables.sample_data(token, channel)
@@ -166,9 +169,8 @@ def _record(cfg: NuScenesBuilderConfig, tables: NuScenesTables, item: tuple[str,
                 )
             jpegs[i] = tables.path(sd).read_bytes()
     else:
-        jpegs = records.encode_jpegs(ex["images"])
+        jpegs = records.encode_jpegs(ex.pop("images"))
     ex["images_jpeg"] = jpegs
-    del ex["images"]
     ex["sequence_id"] = np.int32(sequence_id)
     ex["_points_cut"] = int(
         _num_points(tables, tables.sample_data(token, LIDAR_CHANNEL), cfg) > cfg.num_points

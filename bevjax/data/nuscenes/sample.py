@@ -214,6 +214,7 @@ def load_sample(
     num_points: int | None = None,
     cameras: tuple[str, ...] = NUSCENES_CAMERAS,
     num_sweeps: int = 0,
+    decode_images: bool = True,
 ) -> dict:
     """One keyframe as a dict of NumPy arrays following ``bevjax.schema``.
 
@@ -227,6 +228,7 @@ def load_sample(
       num_sweeps: also merge up to this many earlier LiDAR sweeps (fewer where the scene starts), moved
         into the keyframe's ego frame after the keyframe's own points; ``lidar_class`` / ``lidar_instance``
         of all points come from the keyframe's boxes (moving objects smear over the sweeps).
+      decode_images: False leaves out ``images`` (for callers that copy the JPEG files); needs ``image_hw=None``.
 
     Returns:
       The schema's keys; ``lidar_points`` [p, 3] in the ego frame at the LiDAR timestamp.
@@ -237,15 +239,24 @@ def load_sample(
     ego_to_global = tables.ego_to_global(lidar_sd)
     ego_from_global = invert_rigid(ego_to_global)
 
-    images, intrinsics, cam_to_ego = [], [], []
+    if not decode_images and image_hw is not None:
+        raise ValueError("load_sample: decode_images=False keeps the stored size; it needs image_hw=None")
+    images, intrinsics, cam_to_ego, sizes = [], [], [], set()
     for channel in cameras:
         sd = tables.sample_data(sample_token, channel)
-        img, k = load_image(tables.path(sd), tables.camera_intrinsic(sd), image_hw)
-        images.append(img)
+        if decode_images:
+            img, k = load_image(tables.path(sd), tables.camera_intrinsic(sd), image_hw)
+            images.append(img)
+            sizes.add(img.shape[:2])
+        else:
+            k = tables.camera_intrinsic(sd)
+            with Image.open(tables.path(sd)) as header:  # reads the size only
+                sizes.add((header.height, header.width))
         intrinsics.append(k)
         cam_to_ego.append(camera_to_lidar_ego(tables, sd, lidar_sd))
-    images = np.stack(images)  # n h w 3
-    hw = images.shape[1:3]
+    if len(sizes) != 1:
+        raise ValueError(f"sample '{sample_token}': cameras {cameras} have different image sizes {sorted(sizes)}")
+    hw = sizes.pop()
 
     sweeps = [lidar_sd] + lidar_sweeps(tables, lidar_sd, num_sweeps)
     points = np.concatenate([lidar_in_ego(tables, sd, lidar_sd) for sd in sweeps])  # p 3
@@ -261,8 +272,8 @@ def load_sample(
     scene_samples = tables.scene_samples(sample["scene_token"])
     first = tables.get("sample", scene_samples[0])
     f32 = np.float32
-    return {
-        "images": images,
+    out = {"images": np.stack(images)} if decode_images else {}
+    return out | {
         "intrinsics": np.stack(intrinsics).astype(f32),
         "cam_to_ego": np.stack(cam_to_ego).astype(f32),
         "ego_to_world": ego_to_global.astype(f32),
