@@ -358,3 +358,12 @@ def test_packed_mask_lookup():
     expect = np.zeros(500, bool)
     expect[inside] = mask[rows[inside], cols[inside]]
     np.testing.assert_array_equal(packed.at(rows, cols), expect)
+
+
+def test_without_decoding_images(tables, token, example):
+    plain = load_sample(tables, token, GRID, decode_images=False)
+    assert "images" not in plain and sorted(plain) == sorted(k for k in example if k != "images")
+    np.testing.assert_array_equal(plain["bev_visibility"], example["bev_visibility"])
+    np.testing.assert_array_equal(plain["intrinsics"], example["intrinsics"])
+    with pytest.raises(ValueError, match="needs image_hw=None"):
+        load_sample(tables, token, GRID, image_hw=(90, 160), decode_images=False)
