@@ -99,22 +99,34 @@ def prepare_world(
     return wb.BevjaxWorld(data_dir=data_dir, config=cfg)  # reads the info written to disk
 
 
-def _prepare_builder(builder, total: int, desc: str, progress: bool, **generation):
-    """Runs ``download_and_prepare`` of a real-dataset builder (manual dir = the raw data) with a tqdm bar."""
+def _prepare_real(builder, manual_dir: str, progress: bool, **generation):
+    """Runs ``download_and_prepare`` of a real-dataset builder (manual dir: the raw data) with a tqdm bar whose
+    total the builder sets once it has read the raw data; a no-op when it is already prepared.
+
+    Returns:
+      The prepared builder, reopened on the info written to disk.
+    """
     import tensorflow_datasets as tfds
 
-    manual_dir = str(generation.pop("manual_dir"))
+    if builder.is_prepared():
+        return builder
+    cfg = builder.builder_config
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="record", smoothing=0.1)
-    builder.set_generation(progress=None if bar is None else bar.update, **generation)
+        bar = tqdm(desc=f"{builder.name}/{cfg.name}", unit="record", smoothing=0.1)
+    builder.set_generation(
+        progress=None if bar is None else bar.update,
+        total=None if bar is None else (lambda n: bar.reset(total=n)),
+        **generation,
+    )
     try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     finally:
         if bar is not None:
             bar.close()
+    return type(builder)(data_dir=builder.data_dir_root, config=cfg)
 
 
 def prepare_nuscenes(
@@ -140,28 +152,10 @@ def prepare_nuscenes(
       The prepared builder.
     """
     from bevjax.data.nuscenes import builder as nb
-    from bevjax.data.nuscenes.source import find_version
-    from bevjax.data.nuscenes.splits import split_scenes
-    from bevjax.data.nuscenes.tables import NuScenesTables
 
-    data_dir = default_data_dir() if data_dir is None else str(data_dir)
     cfg = nb.PREDEFINED_CONFIGS[config] if isinstance(config, str) else config
-    builder = nb.BevjaxNuScenes(data_dir=data_dir, config=cfg)
-    if builder.is_prepared():
-        return builder
-    version = version or find_version(dataroot)
-    tables = NuScenesTables(dataroot, version)
-    total = sum(
-        len(tables.scene_samples(t))
-        for split, scenes in split_scenes(tables).items()
-        if split in nb.STORED_SPLITS
-        for t in scenes
-    )
-    _prepare_builder(
-        builder, total, f"bevjax_nuscenes/{cfg.name}", progress, workers=workers, version=version,
-        manual_dir=dataroot,
-    )  # fmt: skip
-    return nb.BevjaxNuScenes(data_dir=data_dir, config=cfg)
+    builder = nb.BevjaxNuScenes(data_dir=data_dir or default_data_dir(), config=cfg)
+    return _prepare_real(builder, dataroot, progress, workers=workers, version=version)
 
 
 def prepare_av2(root: str, data_dir: str | None = None, config="default", *, workers: int = 0, progress=True):
@@ -179,14 +173,9 @@ def prepare_av2(root: str, data_dir: str | None = None, config="default", *, wor
     """
     from bevjax.data.av2 import builder as ab
 
-    data_dir = default_data_dir() if data_dir is None else str(data_dir)
     cfg = ab.PREDEFINED_CONFIGS[config] if isinstance(config, str) else config
-    builder = ab.BevjaxAV2(data_dir=data_dir, config=cfg)
-    if builder.is_prepared():
-        return builder
-    total = ab.total_pairs(root, cfg)
-    _prepare_builder(builder, total, f"bevjax_av2/{cfg.name}", progress, workers=workers, manual_dir=root)
-    return ab.BevjaxAV2(data_dir=data_dir, config=cfg)
+    builder = ab.BevjaxAV2(data_dir=data_dir or default_data_dir(), config=cfg)
+    return _prepare_real(builder, root, progress, workers=workers)
 
 
 def describe(builder) -> str:

@@ -134,7 +134,7 @@ class RealDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     METADATA_KEY = ""
 
     def __init__(self, *, file_format: str | None = "array_record", **kw):
-        self._progress, self._workers, self._generation = None, 0, {}
+        self._progress, self._total, self._workers, self._generation = None, None, 0, {}
         config = kw.get("config")
         if (
             config is not None
@@ -144,9 +144,22 @@ class RealDatasetBuilder(tfds.core.GeneratorBasedBuilder):
             kw["config"] = config.name
         super().__init__(file_format=file_format, **kw)
 
-    def set_generation(self, progress: Callable[[], Any] | None = None, workers: int = 0, **options) -> None:
-        """How ``download_and_prepare`` runs: a callable per record, worker processes, builder options."""
-        self._progress, self._workers, self._generation = progress, int(workers), dict(options)
+    def set_generation(
+        self,
+        progress: Callable[[], Any] | None = None,
+        total: Callable[[int], Any] | None = None,
+        workers: int = 0,
+        **options,
+    ) -> None:
+        """How ``download_and_prepare`` runs: a callable per record, one told the number of records once the
+        raw data is read, worker processes, builder options."""
+        self._progress, self._total = progress, total
+        self._workers, self._generation = int(workers), dict(options)
+
+    def _announce(self, num_records: int) -> None:
+        """Tells the ``total`` callable of :meth:`set_generation` how many records all splits will hold."""
+        if self._total is not None:
+            self._total(num_records)
 
     # TFDS's own ``code_path`` needs a backport absent here for builders outside tensorflow_datasets.
     @tfds.core.utils.classproperty

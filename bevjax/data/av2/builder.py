@@ -163,15 +163,11 @@ class BevjaxAV2(records.RealDatasetBuilder):
             layout[split], items[split] = rows, todo
         self.info.metadata["logs"] = layout
         self.info.metadata["source"] = {"root": str(root)}
+        self._announce(sum(len(todo) for todo in items.values()))
         return {split: self._generate_examples(todo) for split, todo in items.items()}
 
     def _generate_examples(self, items: list) -> Iterator[tuple[int, dict]]:
         return self._generate_records(functools.partial(_record, self.builder_config), items, _LogCache)
-
-
-def total_pairs(root, cfg: AV2BuilderConfig) -> int:
-    """Records a prepare of ``root`` writes (for progress bars)."""
-    return sum(len(log_pairs(d, cfg.stride)) for s in SPLITS for d in split_logs(Path(root), s))
 
 
 def prepare_command(data_dir: str, cfg: AV2BuilderConfig) -> str:

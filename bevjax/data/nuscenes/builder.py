@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 
 from bevjax.data import records
 from bevjax.data.nuscenes import splits as nusc_splits
-from bevjax.data.nuscenes.sample import LIDAR_CHANNEL, load_sample
+from bevjax.data.nuscenes.sample import load_sample
 from bevjax.data.nuscenes.source import find_version
 from bevjax.data.nuscenes.tables import NuScenesTables
 from bevjax.data.sources import (
@@ -172,17 +172,8 @@ def _record(cfg: NuScenesBuilderConfig, tables: NuScenesTables, item: tuple[str,
         jpegs = records.encode_jpegs(ex.pop("images"))
     ex["images_jpeg"] = jpegs
     ex["sequence_id"] = np.int32(sequence_id)
-    ex["_points_cut"] = int(
-        _num_points(tables, tables.sample_data(token, LIDAR_CHANNEL), cfg) > cfg.num_points
-    )
+    ex["_points_cut"] = int(ex["lidar_valid"].all())
     return ex
-
-
-def _num_points(tables: NuScenesTables, lidar_sd: dict, cfg: NuScenesBuilderConfig) -> int:
-    from bevjax.data.nuscenes.sample import lidar_sweeps
-
-    files = [lidar_sd] + lidar_sweeps(tables, lidar_sd, cfg.num_sweeps)
-    return sum(tables.path(sd).stat().st_size // 20 for sd in files)  # 5 float32 per point
 
 
 class BevjaxNuScenes(records.RealDatasetBuilder):
@@ -226,6 +217,7 @@ class BevjaxNuScenes(records.RealDatasetBuilder):
         self.info.metadata["scenes"] = layout
         self.info.metadata["scene_domains"] = domains
         self.info.metadata["source"] = {"dataroot": str(root), "version": version}
+        self._announce(sum(n for rows in layout.values() for _, _, n in rows))
         return {split: self._generate_examples(tables, tokens) for split, tokens in scenes.items()}
 
     def _generate_examples(
@@ -298,12 +290,10 @@ def open_nuscenes_split(data_dir, config: str | NuScenesBuilderConfig, split: st
     if base_split == split:
         return base
     meta = builder.info.metadata
-    axis = next(k for k, v in {"city": ("boston", "singapore"), "light": ("day", "night"),
-                               "weather": ("dry", "rain")}.items() if domain in v)  # fmt: skip
     indices = [
         i
         for name, start, n in meta["scenes"][base_split]
-        if meta["scene_domains"][name][axis] == domain
+        if domain in meta["scene_domains"][name].values()
         for i in range(start, start + n)
     ]
     return SubsetSource(base, indices, split)
