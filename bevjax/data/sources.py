@@ -198,7 +198,9 @@ class PreparedSplitSource:
         for key, (shape, dtype) in self.spec.items():
             if key not in record and key + JPEG_SUFFIX in record:
                 try:
-                    value = decode_jpegs(record[key + JPEG_SUFFIX], shape, f"{self._where(index)}, key '{key}'")
+                    value = decode_jpegs(
+                        record[key + JPEG_SUFFIX], shape, f"{self._where(index)}, key '{key}'"
+                    )
                 except OSError as e:
                     raise CorruptRecordError(f"{self._where(index)}: key '{key}': bad JPEG data: {e}") from e
             else:
@@ -233,6 +235,15 @@ class WorldSplitSource(PreparedSplitSource):
     @property
     def num_sequences(self) -> int:
         return self._len // self.frames_per_sequence
+
+
+def check_prepared(builder, split: str, stored_spec, config, metadata_key: str, prepare_hint: str) -> None:
+    """All checks before opening a prepared split: prepared, the split exists, the stored features equal
+    ``stored_spec`` and ``metadata.json`` holds ``config`` under ``metadata_key``
+    (:func:`check_prepared_split`, :func:`check_prepared_schema`, :func:`check_prepared_config`)."""
+    check_prepared_split(builder, split, prepare_hint)
+    check_prepared_schema(builder.data_path / "features.json", stored_spec)
+    check_prepared_config(builder.data_path / "metadata.json", config, metadata_key)
 
 
 def check_prepared_split(builder, split: str, prepare_hint: str) -> None:
@@ -277,7 +288,6 @@ def open_world_split(
     builder = wb.BevjaxWorld(data_dir=data_dir, config=cfg)
     from bevjax.data.prepare import prepare_command
 
-    check_prepared_split(builder, split, prepare_command(data_dir, cfg))
-    check_prepared_schema(builder.data_path / "features.json", example_spec_for(cfg.world))
-    check_prepared_config(builder.data_path / "metadata.json", cfg)
+    spec = example_spec_for(cfg.world)
+    check_prepared(builder, split, spec, cfg, "world_builder_config", prepare_command(data_dir, cfg))
     return WorldSplitSource(builder, split)

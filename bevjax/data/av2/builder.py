@@ -34,12 +34,7 @@ from bevjax.data import records
 from bevjax.data.av2.map import AV2Map
 from bevjax.data.av2.reader import AV2Log
 from bevjax.data.av2.sample import RING_CAMERAS, load_pair
-from bevjax.data.sources import (
-    PreparedSplitSource,
-    check_prepared_config,
-    check_prepared_schema,
-    check_prepared_split,
-)
+from bevjax.data.sources import PreparedSplitSource, check_prepared
 from bevjax.geometry.grid import BEVGrid
 from bevjax.schema import example_spec, subset_spec
 
@@ -193,7 +188,5 @@ def open_av2_split(data_dir, config: str | AV2BuilderConfig, split: str) -> Prep
             f"unknown Argoverse 2 config '{config}': pass the AV2BuilderConfig it was prepared with"
         )
     builder = BevjaxAV2(data_dir=str(data_dir), config=cfg)
-    check_prepared_split(builder, split, prepare_command(str(data_dir), cfg))
-    check_prepared_schema(builder.data_path / "features.json", cfg.spec())
-    check_prepared_config(builder.data_path / "metadata.json", cfg, METADATA_KEY)
+    check_prepared(builder, split, cfg.stored(), cfg, METADATA_KEY, prepare_command(str(data_dir), cfg))
     return PreparedSplitSource(builder, split, cfg.spec())

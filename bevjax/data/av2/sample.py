@@ -174,11 +174,12 @@ def load_pair(
     city_from_ego = log.city_from_ego(t0)
     cub0, cub1 = log.cuboids(t0), log.cuboids(t1)
     flow = cuboid_flow(pts0, cub0, cub1, next_from)
-    ground = av2_map.is_ground(transform_points(city_from_ego, pts0.astype(np.float64)))
     official = official_labels(log, t0, len(pts0))
     if official is not None:  # the log's own scene-flow labels of this pair
         flow["lidar_flow"], flow["category_index"] = official["lidar_flow"], official["category_index"]
         ground = official["lidar_ground"]
+    else:
+        ground = av2_map.is_ground(transform_points(city_from_ego, pts0.astype(np.float64)))
     semantic = np.array([0] + [SEMANTIC_CLASS_ID[AV2_SEMANTIC[c]] for c in AV2_CATEGORIES], np.uint8)
     lidar_class = semantic[flow["category_index"]]
 

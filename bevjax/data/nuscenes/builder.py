@@ -40,12 +40,7 @@ from bevjax.data.nuscenes import splits as nusc_splits
 from bevjax.data.nuscenes.sample import load_sample
 from bevjax.data.nuscenes.source import find_version
 from bevjax.data.nuscenes.tables import NuScenesTables
-from bevjax.data.sources import (
-    PreparedSplitSource,
-    check_prepared_config,
-    check_prepared_schema,
-    check_prepared_split,
-)
+from bevjax.data.sources import PreparedSplitSource, check_prepared
 from bevjax.geometry.grid import BEVGrid
 from bevjax.schema import DENSE_LABEL_KEYS, NUSCENES_CAMERAS, example_spec, subset_spec
 
@@ -157,7 +152,14 @@ def _record(cfg: NuScenesBuilderConfig, tables: NuScenesTables, item: tuple[str,
     token, sequence_id = item
     copy = cfg.image_hw is None  # keep the original JPEG bytes: no decoding, no second lossy encoding
     ex = load_sample(
-        tables, token, cfg.grid, cfg.image_hw, cfg.num_points, cfg.cameras, cfg.num_sweeps, decode_images=not copy
+        tables,
+        token,
+        cfg.grid,
+        cfg.image_hw,
+        cfg.num_points,
+        cfg.cameras,
+        cfg.num_sweeps,
+        decode_images=not copy,
     )
     if copy:
         jpegs = np.empty(len(cfg.cameras), object)
@@ -283,9 +285,7 @@ def open_nuscenes_split(data_dir, config: str | NuScenesBuilderConfig, split: st
     builder = BevjaxNuScenes(data_dir=str(data_dir), config=cfg)
     domain, _, kind = split.rpartition("_")
     base_split = kind if domain in nusc_splits.DOMAINS and kind in ("train", "val") else split
-    check_prepared_split(builder, base_split, prepare_command(str(data_dir), cfg))
-    check_prepared_schema(builder.data_path / "features.json", cfg.stored())
-    check_prepared_config(builder.data_path / "metadata.json", cfg, METADATA_KEY)
+    check_prepared(builder, base_split, cfg.stored(), cfg, METADATA_KEY, prepare_command(str(data_dir), cfg))
     base = PreparedSplitSource(builder, base_split, cfg.spec())
     if base_split == split:
         return base
