@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bevjax.data.av2 import AV2Log, read_columns
-from bevjax.geometry.transforms import points_in_boxes, pose2d
+from bevjax.geometry.transforms import points_in_boxes, points_in_each_box, pose2d, transform_points
 
 LOG_DIR = (
     Path(__file__).resolve().parents[1]
@@ -110,6 +110,13 @@ def test_points_in_boxes_brute_force():
             local = rot.T @ (pts[i] - t)
             assert got[i, j] == bool(np.all(np.abs(local) <= sizes[j] / 2))
     assert got.any(0).all()  # both boxes catch some points
+    # The per-box indices (bounding-sphere prefilter) select exactly the same points, boundary included.
+    on_face = transform_points(poses[0], np.array([[2.0, 0.0, 0.0], [2.0 + 1e-9, 0.0, 0.0]]))
+    pts = np.concatenate([pts, on_face])
+    got = points_in_boxes(pts, poses, sizes)
+    for j, idx in enumerate(points_in_each_box(pts, poses, sizes)):
+        np.testing.assert_array_equal(idx, np.flatnonzero(got[:, j]))
+    assert got[-2, 0] and not got[-1, 0]
 
 
 def test_cameras(log):

@@ -2,7 +2,13 @@
 
 from bevjax.geometry.frustum import create_frustum, frustum_to_ego
 from bevjax.geometry.grid import BEVGrid
-from bevjax.geometry.transforms import invert_rigid, points_in_boxes, pose2d, transform_points
+from bevjax.geometry.transforms import (
+    invert_rigid,
+    points_in_boxes,
+    points_in_each_box,
+    pose2d,
+    transform_points,
+)
 
 __all__ = [
     "BEVGrid",
@@ -10,6 +16,7 @@ __all__ = [
     "frustum_to_ego",
     "invert_rigid",
     "points_in_boxes",
+    "points_in_each_box",
     "pose2d",
     "transform_points",
 ]

@@ -44,6 +44,26 @@ def quaternion_to_matrix(q) -> np.ndarray:
     )
 
 
+def points_in_each_box(points, frame_from_box, sizes) -> list[np.ndarray]:
+    """Per box, the indices of the points inside it (boundary included), as :func:`points_in_boxes` decides;
+    each box tests only the points within its bounding sphere, so large sweeps need no [n, m] matrix.
+
+    Args:
+      points: [n, 3] in some frame.
+      frame_from_box: [m, 4, 4] box poses in that frame (box frame centred in the box, x along the length).
+      sizes: [m, 3] length, width, height in metres.
+    """
+    pts = np.asarray(points, np.float64)
+    poses = np.asarray(frame_from_box, np.float64).reshape(-1, 4, 4)
+    sizes = np.asarray(sizes, np.float64).reshape(-1, 3)
+    out = []
+    for pose, size in zip(poses, sizes, strict=True):
+        reach = 0.5 * np.linalg.norm(size)  # points farther from the centre cannot be inside
+        near = np.flatnonzero(np.all(np.abs(pts - pose[:3, 3]) <= reach, axis=-1))
+        out.append(near[points_in_boxes(pts[near], pose[None], size[None])[:, 0]])
+    return out
+
+
 def points_in_boxes(points, frame_from_box, sizes) -> np.ndarray:
     """[n, m] bool: point i lies inside box j (boundary included).
 

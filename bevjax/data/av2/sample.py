@@ -23,7 +23,7 @@ from bevjax.data import raster
 from bevjax.data.av2.map import AV2Map
 from bevjax.data.av2.reader import AV2Log
 from bevjax.geometry.grid import BEVGrid
-from bevjax.geometry.transforms import invert_rigid, points_in_boxes, transform_points
+from bevjax.geometry.transforms import invert_rigid, points_in_each_box, transform_points
 from bevjax.metrics.scene_flow import AV2_CATEGORIES, DYNAMIC_THRESHOLD
 from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, SEMANTIC_CLASS_ID, pad_points
 
@@ -93,11 +93,9 @@ def cuboid_flow(
     track = np.zeros(len(pts), np.int32)
     grown = cuboids0["size"] + np.array([BOX_EXPANSION_M, BOX_EXPANSION_M, 0.0])
     later = {t: i for i, t in enumerate(cuboids1["track_id"])}
-    for m, track_id in enumerate(cuboids0["track_id"]):  # later boxes overwrite earlier ones, as in av2
-        box = cuboids0["ego_from_object"][m]
-        reach = 0.5 * np.linalg.norm(grown[m])  # points farther from the centre cannot be inside
-        near = np.flatnonzero(np.all(np.abs(pts - box[:3, 3]) <= reach, axis=-1))
-        mask = near[points_in_boxes(pts[near], box[None], grown[m : m + 1])[:, 0]]
+    members = points_in_each_box(pts, cuboids0["ego_from_object"], grown)
+    for m, (track_id, mask) in enumerate(zip(cuboids0["track_id"], members, strict=True)):
+        box = cuboids0["ego_from_object"][m]  # later boxes overwrite earlier ones, as in av2
         if not len(mask):
             continue
         cat[mask] = category_index(cuboids0["category"][m])

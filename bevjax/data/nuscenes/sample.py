@@ -21,7 +21,7 @@ from bevjax.data import raster
 from bevjax.data.nuscenes.map_expansion import MapExpansion
 from bevjax.data.nuscenes.tables import NuScenesTables, rigid_from_pose
 from bevjax.geometry.grid import BEVGrid
-from bevjax.geometry.transforms import invert_rigid, points_in_boxes, transform_points
+from bevjax.geometry.transforms import invert_rigid, points_in_boxes, points_in_each_box, transform_points
 from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, NUSCENES_CAMERAS, SEMANTIC_CLASS_ID, pad_points
 
 MAP_RESOLUTION = 0.1  # metres per pixel of the semantic-prior masks
@@ -197,10 +197,12 @@ def _lidar_labels(points: np.ndarray, boxes: list[dict]) -> tuple[np.ndarray, np
     """[p] uint8 semantic class and [p] int32 instance (annotation index + 1) of points inside object boxes."""
     cls = np.zeros(len(points), np.uint8)
     inst = np.zeros(len(points), np.int32)
-    for n, box in enumerate(boxes):
-        if box["bev_class"] is None:
-            continue
-        inside = points_in_box(points, box["box_to_ego"], box["size"])
+    objects = [(n, b) for n, b in enumerate(boxes) if b["bev_class"] is not None]
+    if not objects:
+        return cls, inst
+    poses = np.stack([b["box_to_ego"] for _, b in objects])
+    sizes = np.array([[b["size"][1], b["size"][0], b["size"][2]] for _, b in objects])  # (w, l, h) -> l, w, h
+    for (n, box), inside in zip(objects, points_in_each_box(points, poses, sizes), strict=True):
         cls[inside] = SEMANTIC_CLASS_ID[box["bev_class"]]
         inst[inside] = n + 1
     return cls, inst
