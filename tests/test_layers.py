@@ -79,3 +79,72 @@ def test_strided_input_gradient_equals_xla_transpose(size, kernel, stride, pad):
         g = rng.normal(size=y.shape)
         got = _strided_input_grad(jnp.asarray(g), jnp.asarray(w), x.shape, stride, padding)
         np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-12, atol=1e-12)
+
+
+def _outputs_and_grads(module, variables, x, weights):
+    """Output and gradients (variables, input) of ``sum(module(x) * weights)``, under the current impl."""
+    y = module.apply(variables, x)
+    grads = jax.grad(lambda v, x_: (module.apply(v, x_) * weights).sum(), argnums=(0, 1))(variables, x)
+    return y, grads
+
+
+@pytest.mark.parametrize(
+    "kind,size,kernel,stride",
+    [
+        ("conv", (10, 13), 3, 1),
+        ("conv", (10, 13), 3, 2),
+        ("conv", (9, 9), 7, 2),
+        ("conv", (8, 12), 1, 2),
+        ("depthwise", (9, 14), 3, 1),
+        ("depthwise", (9, 14), 3, 2),
+        ("depthwise", (16, 11), 5, 2),
+        ("pointwise", (7, 6), 1, 1),
+    ],
+)
+def test_cpu_and_xla_implementations_agree(kind, size, kernel, stride):
+    """Same variables, outputs and gradients from the CPU-tuned kernels and from XLA's convolution."""
+    from bevjax.models.layers import Conv, conv_impl, resolved_conv_impl
+
+    module = {
+        "conv": lambda: Conv(4, kernel, stride),
+        "depthwise": lambda: DepthwiseConv(kernel, stride),
+        "pointwise": lambda: PointwiseConv(4),
+    }[kind]()
+    x = np.random.default_rng(5).normal(size=(2, *size, 6)).astype(np.float32)
+    results = {}
+    for impl in ("cpu", "xla"):
+        with conv_impl(impl):
+            assert resolved_conv_impl() == impl
+            variables = module.init(jax.random.PRNGKey(0), x)
+            weights = (
+                np.random.default_rng(6).normal(size=module.apply(variables, x).shape).astype(np.float32)
+            )
+            results[impl] = variables, _outputs_and_grads(module, variables, x, weights)
+    assert jax.tree.map(np.shape, results["cpu"][0]) == jax.tree.map(np.shape, results["xla"][0])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+        results["cpu"][1],
+        results["xla"][1],
+    )
+    # The XLA path is XLA's own (grouped) convolution, the reference of the tests above.
+    if kind == "depthwise":
+        ref = nn.Conv(
+            6, (kernel, kernel), (stride, stride), padding="SAME", feature_group_count=6, use_bias=False
+        )
+        np.testing.assert_allclose(
+            results["xla"][1][0], ref.apply(results["xla"][0], x), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_conv_impl_setting():
+    from bevjax.models import layers
+
+    assert layers.resolved_conv_impl() in ("cpu", "xla")
+    with layers.conv_impl("xla"):
+        with layers.conv_impl("cpu"):
+            assert layers.resolved_conv_impl() == "cpu"
+        assert layers.resolved_conv_impl() == "xla"
+    with layers.conv_impl("auto"):
+        assert layers.resolved_conv_impl() == ("cpu" if jax.default_backend() == "cpu" else "xla")
+    with pytest.raises(ValueError, match="choose from"):
+        layers.set_conv_impl("gpu")

@@ -1,13 +1,72 @@
-"""Small building blocks shared by the models (Flax linen, channels-last)."""
+"""Small building blocks shared by the models (Flax linen, channels-last).
+
+Convolution implementations. :class:`Conv` (a custom-VJP :func:`conv2d` with a faster kernel gradient and
+strided input gradient), :class:`DepthwiseConv` (shifted multiply-adds) and :class:`PointwiseConv` (a matrix
+product over channels) are tuned for XLA:CPU. On GPU and TPU XLA's own convolution
+(``jax.lax.conv_general_dilated``, grouped for the depthwise one) is the better choice, so each of them picks
+its implementation when it is traced:
+
+* ``'auto'`` (default): ``'cpu'`` when ``jax.default_backend()`` is ``'cpu'``, else ``'xla'``;
+* ``'cpu'``: the CPU-tuned kernels on any backend;
+* ``'xla'``: ``lax.conv_general_dilated`` on any backend.
+
+The setting is :data:`CONV_IMPL` (initially ``$BEVJAX_CONV_IMPL`` or ``'auto'``), changed with
+:func:`set_conv_impl` or, for a block of code, ``with conv_impl('xla'): ...``. Both implementations have the
+same variables (names, shapes, float32) and give the same results up to float rounding. The choice is made at
+trace time: a function already jitted keeps the implementation it was traced with, so trace (or jit) a new
+function after changing the setting.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from collections.abc import Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+CONV_IMPLS = ("auto", "cpu", "xla")
+CONV_IMPL = os.environ.get("BEVJAX_CONV_IMPL", "auto")
+
+
+def set_conv_impl(impl: str) -> str:
+    """Sets :data:`CONV_IMPL` for the convolutions traced from now on.
+
+    Args:
+        impl: ``'auto'``, ``'cpu'`` or ``'xla'`` (see the module docstring).
+
+    Returns:
+        The previous setting.
+    """
+    global CONV_IMPL
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl {impl!r}: choose from {CONV_IMPLS}")
+    previous, CONV_IMPL = CONV_IMPL, impl
+    return previous
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str) -> Iterator[None]:
+    """Context manager: the convolutions traced inside use ``impl`` (``'auto'``, ``'cpu'``, ``'xla'``)."""
+    previous = set_conv_impl(impl)
+    try:
+        yield
+    finally:
+        set_conv_impl(previous)
+
+
+def resolved_conv_impl() -> str:
+    """``'cpu'`` or ``'xla'``: :data:`CONV_IMPL` with ``'auto'`` decided by ``jax.default_backend()``."""
+    if CONV_IMPL not in CONV_IMPLS:
+        raise ValueError(f"BEVJAX_CONV_IMPL={CONV_IMPL!r}: choose from {CONV_IMPLS}")
+    if CONV_IMPL != "auto":
+        return CONV_IMPL
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
 
 
 def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -30,54 +89,90 @@ def upsample_bilinear(x: jnp.ndarray, scale: int) -> jnp.ndarray:
     ``nn.Upsample(scale_factor=scale, mode='bilinear', align_corners=True)`` in lift-splat-shoot."""
     _, h, w, _ = x.shape
     mh, mw = _interp_matrix(h, h * scale), _interp_matrix(w, w * scale)
-    return jnp.einsum("Hh,Ww,bhwc->bHWc", mh, mw, x)  # b H W c
+    return jnp.einsum("Hh,Ww,bhwc->bHWc", mh.astype(x.dtype), mw.astype(x.dtype), x)  # b H W c
+
+
+def _batch_norm(train: bool, dtype: Any, **kwargs) -> nn.BatchNorm:
+    """BatchNorm as PyTorch's defaults (momentum 0.1, eps 1e-5); statistics and parameters in float32."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        **kwargs,
+    )
 
 
 class ConvBNReLU(nn.Module):
-    """3x3 (or k x k) convolution without bias, BatchNorm, ReLU."""
+    """3x3 (or k x k) convolution without bias, BatchNorm, ReLU.
+
+    Attributes:
+        features: output channels.
+        kernel: kernel size.
+        strides: stride.
+        dtype: computation dtype (parameters and BatchNorm statistics stay float32).
+    """
 
     features: int
     kernel: int = 3
     strides: int = 1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         k = self.kernel
-        x = Conv(self.features, k, self.strides, use_bias=False)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        x = Conv(self.features, k, self.strides, use_bias=False, dtype=self.dtype)(x)
+        x = _batch_norm(train, self.dtype)(x)
         return nn.relu(x)
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convolutions, identity or 1x1 projection shortcut)."""
+    """ResNet basic block (two 3x3 convolutions, identity or 1x1 projection shortcut).
+
+    Attributes:
+        features: output channels.
+        strides: stride of the first convolution (and of the projection).
+        dtype: computation dtype (parameters and BatchNorm statistics stay float32).
+    """
 
     features: int
     strides: int = 1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
-        y = Conv(self.features, 3, self.strides, use_bias=False)(x)
+        norm = functools.partial(_batch_norm, train, self.dtype)
+        conv = functools.partial(Conv, self.features, use_bias=False, dtype=self.dtype)
+        x = x.astype(self.dtype)
+        y = conv(3, self.strides)(x)
         y = nn.relu(norm()(y))
-        y = Conv(self.features, 3, use_bias=False)(y)
+        y = conv(3)(y)
         y = norm(scale_init=nn.initializers.zeros)(y)  # zero_init_residual, as LSS builds its ResNet-18
         if self.strides != 1 or x.shape[-1] != self.features:
-            x = norm()(Conv(self.features, 1, self.strides, use_bias=False)(x))
+            x = norm()(conv(1, self.strides)(x))
         return nn.relu(x + y)
 
 
 class Up(nn.Module):
-    """Upsample ``x1`` by ``scale``, concatenate with the skip ``x2``, then two ConvBNReLU (LSS ``Up``)."""
+    """Upsample ``x1`` by ``scale``, concatenate with the skip ``x2``, then two ConvBNReLU (LSS ``Up``).
+
+    Attributes:
+        features: output channels.
+        scale: upsampling factor of ``x1``.
+        dtype: computation dtype (parameters and BatchNorm statistics stay float32).
+    """
 
     features: int
     scale: int = 2
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x1, x2, train: bool):
-        x1 = upsample_bilinear(x1, self.scale)
-        x = jnp.concatenate([x2, x1], axis=-1)  # b h w (c2 + c1)
-        x = ConvBNReLU(self.features)(x, train)
-        return ConvBNReLU(self.features)(x, train)
+        x1 = upsample_bilinear(x1.astype(self.dtype), self.scale)
+        x = jnp.concatenate([x2.astype(self.dtype), x1], axis=-1)  # b h w (c2 + c1)
+        x = ConvBNReLU(self.features, dtype=self.dtype)(x, train)
+        return ConvBNReLU(self.features, dtype=self.dtype)(x, train)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -92,7 +187,8 @@ class DepthwiseConv(nn.Module):
 
     Same variables as ``nn.Conv(c, (k, k), strides, padding='SAME', feature_group_count=c, use_bias=False)``
     (``kernel`` [k, k, 1, c]) and the same result, but XLA fuses the k*k shifted products into one loop:
-    on CPU about 20x faster forward and 5x faster forward+backward than its grouped convolution.
+    on CPU about 20x faster forward and 5x faster forward+backward than its grouped convolution. With the
+    ``'xla'`` implementation (see the module docstring) it is that grouped convolution.
     """
 
     kernel_size: int
@@ -108,6 +204,10 @@ class DepthwiseConv(nn.Module):
         )
         x = x.astype(self.dtype)
         (pt, pb), (pl, pr) = same_padding(h, k, s), same_padding(w, k, s)
+        if resolved_conv_impl() == "xla":
+            return jax.lax.conv_general_dilated(
+                x, kernel, (s, s), ((pt, pb), (pl, pr)), dimension_numbers=_NHWC, feature_group_count=c
+            )  # b oh ow c
         xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # b H W c
         oh, ow = -(-h // s), -(-w // s)
         out = None
@@ -120,7 +220,8 @@ class DepthwiseConv(nn.Module):
 
 class PointwiseConv(nn.Module):
     """1x1 convolution as a matrix product over channels (``nn.Conv(features, (1, 1))`` variables:
-    ``kernel`` [1, 1, c_in, c_out], optional ``bias``); about 2x faster than XLA's convolution on CPU."""
+    ``kernel`` [1, 1, c_in, c_out], optional ``bias``); about 2x faster than XLA's convolution on CPU. With the
+    ``'xla'`` implementation (see the module docstring) a [b, h, w, c] input goes through XLA's convolution."""
 
     features: int
     use_bias: bool = True
@@ -131,7 +232,11 @@ class PointwiseConv(nn.Module):
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32
         )
-        y = jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))  # ... d
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if x.ndim == 4 and resolved_conv_impl() == "xla":
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_NHWC)  # b h w d
+        else:
+            y = jnp.einsum("...c,cd->...d", x, kernel[0, 0])  # ... d
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
                 self.dtype
@@ -139,10 +244,11 @@ class PointwiseConv(nn.Module):
         return y
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 def _conv(x, w, stride: int, padding):
-    return jax.lax.conv_general_dilated(
-        x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )  # b h' w' o
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_NHWC)  # b h' w' o
 
 
 def _kernel_grad(x, g, kernel_hw, stride: int, padding):
@@ -255,12 +361,22 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 class Conv(nn.Module):
     """k x k convolution with PyTorch-style symmetric padding ``k // 2`` (``nn.Conv`` variables ``kernel``
-    [k, k, c_in, c_out] and ``bias``) and the fast kernel gradient of :func:`conv2d`."""
+    [k, k, c_in, c_out] and ``bias``) and the fast gradients of :func:`conv2d`; with the ``'xla'``
+    implementation (see the module docstring) XLA's convolution and its own gradients.
+
+    Attributes:
+        features: output channels.
+        kernel_size: kernel height and width.
+        strides: stride.
+        use_bias: add a bias.
+        dtype: computation dtype (parameters stay float32).
+    """
 
     features: int
     kernel_size: int = 3
     strides: int = 1
     use_bias: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -268,7 +384,14 @@ class Conv(nn.Module):
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32
         )
-        y = conv2d(x, kernel, self.strides, ((k // 2, k // 2), (k // 2, k // 2)))
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        padding = ((k // 2, k // 2), (k // 2, k // 2))
+        if resolved_conv_impl() == "xla":
+            y = _conv(x, kernel, self.strides, padding)  # b h/s w/s c
+        else:
+            y = conv2d(x, kernel, self.strides, padding)  # b h/s w/s c
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
+                self.dtype
+            )
         return y
