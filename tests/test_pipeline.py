@@ -101,6 +101,7 @@ def test_windows_are_consecutive_frames_of_one_sequence(tiny_world):
         for b in range(2):
             seq, frame = batch["sequence_id"][b], batch["frame_index"][b]
             assert (seq == seq[0]).all() and (np.diff(frame) == 1).all()
+            np.testing.assert_array_equal(batch["sequence_start"][b], frame == 0)  # the reset flag
             start = int(seq[0]) * frames + int(frame[0])
             for t in range(3):
                 np.testing.assert_array_equal(batch["lidar_points"][b, t], source[start + t]["lidar_points"])

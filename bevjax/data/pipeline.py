@@ -14,6 +14,8 @@ Order of operations in :func:`make_dataset`::
   (``get_state`` / ``set_state``), with or without worker processes.
 * With ``window=T > 1`` an element is ``T`` consecutive frames of one sequence, arrays stacked on a new leading
   axis (``[T, ...]``; batches are ``[B, T, ...]``), and the windows (not the frames) are shuffled and sharded.
+  Windows add ``sequence_start`` [T] bool: True for the first frame of its sequence (``frame_index == 0``), where
+  temporal models reset their state; within a window no frame before ``t = 0`` is present either way.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class WindowSource:
 
     Records ``[s * F, (s + 1) * F)`` of ``source`` form sequence ``s`` (``F = frames_per_sequence``). Window ``w``
     is sequence ``w // per_seq``, starting at frame ``(w % per_seq) * stride`` with
-    ``per_seq = (F - window) // stride + 1``.
+    ``per_seq = (F - window) // stride + 1``. A window holds the source's keys stacked ``[T, ...]`` and
+    ``sequence_start`` [T] bool, True at the sequence's first frame.
     """
 
     def __init__(self, source: Sequence[Mapping], window: int, frames_per_sequence: int, stride: int = 1):
@@ -60,7 +63,10 @@ class WindowSource:
             raise IndexError(f"window {w} out of range ({len(self)} windows)")
         s = self.start(w)
         frames = [self.source[s + t] for t in range(self.window)]
-        return {k: np.stack([np.asarray(f[k]) for f in frames]) for k in frames[0]}
+        out = {k: np.stack([np.asarray(f[k]) for f in frames]) for k in frames[0]}
+        offset = s % self.frames_per_sequence  # the window's first frame within its sequence
+        out["sequence_start"] = offset + np.arange(self.window) == 0  # t
+        return out
 
     def __repr__(self) -> str:
         return f"WindowSource({self.source!r}, window={self.window}, stride={self.stride})"
