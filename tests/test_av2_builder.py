@@ -10,6 +10,7 @@ import pytest
 from bevjax.data.av2 import AV2Log
 from bevjax.data.av2 import builder as ab
 from bevjax.data.av2.sample import load_pair
+from bevjax.data.av2.source import open_av2_split
 from bevjax.data.prepare import main as prepare_main
 from bevjax.data.sources import SplitNotFoundError
 from bevjax.geometry.grid import BEVGrid
@@ -34,7 +35,7 @@ def prepared(tmp_path_factory):
 
 def test_record_equals_the_loader(prepared):
     data_dir, cfg = prepared
-    source = ab.open_av2_split(data_dir, cfg, "val")
+    source = open_av2_split(data_dir, cfg, "val")
     assert len(source) == 1  # two sweeps: one pair
     record = source[0]
     check_example(record, cfg.spec(), "prepared Argoverse 2 record")
@@ -51,7 +52,7 @@ def test_record_equals_the_loader(prepared):
 def test_splits_configs_and_cli(prepared, tmp_path, capsys):
     data_dir, cfg = prepared
     with pytest.raises(SplitNotFoundError, match=r"'train' not found.*\['val'\]"):
-        ab.open_av2_split(data_dir, cfg, "train")
+        open_av2_split(data_dir, cfg, "train")
     assert ab.make_config() is ab.DEFAULT
     assert ab.make_config(stride=5).name.startswith("custom_") and ab.make_config(stride=5).stride == 5
     with pytest.raises(ValueError, match="unknown Argoverse 2 config fields"):
@@ -65,4 +66,4 @@ def test_splits_configs_and_cli(prepared, tmp_path, capsys):
     assert prepare_main(["av2", "--root", str(ROOT), "--data_dir", str(out), "--stride", "2", "--no_progress"]) == 0
     printed = capsys.readouterr().out
     assert "val" in printed and "open_av2_split" in printed
-    assert len(ab.open_av2_split(str(out), ab.make_config(stride=2), "val")) == 1
+    assert len(open_av2_split(str(out), ab.make_config(stride=2), "val")) == 1

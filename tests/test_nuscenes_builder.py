@@ -9,6 +9,7 @@ import pytest
 
 from bevjax.data.nuscenes import NuScenesTables, load_sample
 from bevjax.data.nuscenes import builder as nb
+from bevjax.data.nuscenes.source import open_nuscenes_split
 from bevjax.data.prepare import main as prepare_main
 from bevjax.data.prepare import prepare_nuscenes
 from bevjax.data.sources import DatasetNotPreparedError, SplitNotFoundError
@@ -34,7 +35,7 @@ def data_dir(tables, tmp_path_factory) -> str:
 
 
 def test_prepared_record_equals_the_loader(tables, data_dir):
-    source = nb.open_nuscenes_split(data_dir, "keyframes", "train")
+    source = open_nuscenes_split(data_dir, "keyframes", "train")
     assert len(source) == 1
     record = source[0]
     check_example(record, nb.KEYFRAMES.spec(), "prepared nuScenes record")
@@ -50,21 +51,21 @@ def test_splits_and_domain_views(data_dir):
     builder = nb.BevjaxNuScenes(data_dir=data_dir, config="keyframes")
     assert sorted(builder.info.splits.keys()) == ["mini_train", "train"]  # scene-0061 is in both
     for split in ("singapore_train", "day_train", "dry_train"):
-        view = nb.open_nuscenes_split(data_dir, "keyframes", split)
+        view = open_nuscenes_split(data_dir, "keyframes", split)
         assert len(view) == 1
         np.testing.assert_array_equal(
-            view[0]["bev_labels"], nb.open_nuscenes_split(data_dir, "keyframes", "train")[0]["bev_labels"]
+            view[0]["bev_labels"], open_nuscenes_split(data_dir, "keyframes", "train")[0]["bev_labels"]
         )
     for split in ("boston_train", "night_train", "rain_train"):
-        assert len(nb.open_nuscenes_split(data_dir, "keyframes", split)) == 0
+        assert len(open_nuscenes_split(data_dir, "keyframes", split)) == 0
     with pytest.raises(
         SplitNotFoundError, match=r"'val' not found.*available splits: \['mini_train', 'train'\]"
     ):
-        nb.open_nuscenes_split(data_dir, "keyframes", "night_val")
+        open_nuscenes_split(data_dir, "keyframes", "night_val")
     with pytest.raises(DatasetNotPreparedError, match="prepare nuscenes --dataroot"):
-        nb.open_nuscenes_split(data_dir, "sweeps10", "train")
+        open_nuscenes_split(data_dir, "sweeps10", "train")
     with pytest.raises(ValueError, match="unknown nuScenes config 'nope'"):
-        nb.open_nuscenes_split(data_dir, "nope", "train")
+        open_nuscenes_split(data_dir, "nope", "train")
 
 
 def test_prepare_again_is_a_no_op(data_dir, capsys):
@@ -87,7 +88,7 @@ def test_custom_config_resizes_in_a_worker_process(tables, tmp_path):
         == cfg.name
     )
     prepare_nuscenes(str(DATAROOT), str(tmp_path), cfg, workers=1, progress=False)
-    record = nb.open_nuscenes_split(str(tmp_path), cfg, "train")[0]
+    record = open_nuscenes_split(str(tmp_path), cfg, "train")[0]
     check_example(record, cfg.spec(), "custom record")
     token = tables.scene_samples(next(iter(tables.tables["scene"])))[0]
     expect = load_sample(tables, token, grid, (90, 160), 1000, ("CAM_FRONT",))

@@ -1,4 +1,4 @@
-"""Prepare datasets on disk: ``python -m bevjax.data.prepare world [--data_dir DIR] [--config tiny] ...``.
+"""Prepare datasets on disk: ``python -m bevjax.data.prepare world|nuscenes|av2 [--data_dir DIR] ...``.
 
 Examples::
 
@@ -9,10 +9,11 @@ Examples::
     python -m bevjax.data.prepare world --config tiny --train_sequences 4 --val_sequences 1
 
 Overriding the domains or the sizes of a predefined config makes a custom config named ``custom_<hash>`` (see
-:mod:`bevjax.data.world_builder`); the command prints its name, which ``open_world_split`` accepts. Preparing is
-idempotent: a config that is already prepared in the data dir is left as it is.
+:mod:`bevjax.data.world_builder`); the command prints its name, which the openers accept. Preparing is
+idempotent: a config that is already prepared in the data dir is left as it is. Training runs prepare what they
+need on first use (:func:`bevjax.data.datasets.open_splits`); this command does it ahead of time.
 
-The data dir defaults to ``$BEVJAX_DATA_DIR`` or ``~/bevjax_data``.
+The data dir defaults to ``$BEVJAX_DATA_DIR`` or ``~/bevjax_data`` (:func:`default_data_dir`).
 """
 
 from __future__ import annotations
@@ -24,43 +25,9 @@ import sys
 from collections.abc import Sequence
 
 from bevjax.data import world_builder as wb
-
-DATA_DIR_ENV = "BEVJAX_DATA_DIR"
-
-
-def default_data_dir() -> str:
-    """The data dir used when none is given: ``$BEVJAX_DATA_DIR`` or ``~/bevjax_data``.
-
-    Returns:
-      An absolute path (not created).
-    """
-    return os.path.abspath(os.path.expanduser(os.environ.get(DATA_DIR_ENV) or "~/bevjax_data"))
-
-
-def prepare_command(data_dir: str, config: wb.WorldBuilderConfig) -> str:
-    """The shell command that prepares ``config`` in ``data_dir`` (a Python call when the CLI cannot express it).
-
-    Args:
-      data_dir: the data dir.
-      config: the builder config.
-
-    Returns:
-      A one-line command.
-    """
-    base = next((c for c in wb.PREDEFINED_CONFIGS.values() if c.world == config.world), None)
-    if base is None:
-        return (
-            f"python -c \"from bevjax.data.prepare import prepare_world; prepare_world('{data_dir}', <the "
-            f"WorldBuilderConfig named '{config.name}'>)\""
-        )
-    cmd = f"python -m bevjax.data.prepare world --data_dir {data_dir} --config {base.name}"
-    if config.domains != base.domains:
-        cmd += f" --domains {','.join(config.domains)}"
-    for kind in wb.SPLIT_KINDS:
-        n = config.num_sequences.get(kind, 0)
-        if n != base.num_sequences.get(kind, 0):
-            cmd += f" --{kind}_sequences {n}"
-    return cmd
+from bevjax.data.av2 import builder as ab
+from bevjax.data.base_builder import DATA_DIR_ENV, default_data_dir
+from bevjax.data.nuscenes import builder as nb
 
 
 def prepare_world(
@@ -68,6 +35,7 @@ def prepare_world(
     config: str | wb.WorldBuilderConfig = "default",
     *,
     progress: bool = True,
+    workers: int = 0,
 ) -> wb.BevjaxWorld:
     """Renders and writes a ``bevjax_world`` config (a no-op if it is already prepared).
 
@@ -75,58 +43,14 @@ def prepare_world(
       data_dir: the TFDS data dir (None: :func:`default_data_dir`).
       config: a predefined config name or a :class:`~bevjax.data.world_builder.WorldBuilderConfig`.
       progress: show a tqdm bar over all samples (with ETA) besides TFDS's own bars.
+      workers: processes rendering samples in parallel (0: this process).
 
     Returns:
       The prepared builder (``builder.data_path`` is where the files are, ``builder.info.splits`` their sizes).
     """
     data_dir = default_data_dir() if data_dir is None else str(data_dir)
-    cfg = wb.resolve_config(data_dir, config)
-    builder = wb.BevjaxWorld(data_dir=data_dir, config=cfg)
-    if builder.is_prepared():
-        return builder
-    total = sum(cfg.num_samples(kind) for kind in wb.SPLIT_KINDS) * len(cfg.domains)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"Rendering bevjax_world/{cfg.name}", unit="sample", smoothing=0.1)
-    builder.set_progress(None if bar is None else bar.update)
-    try:
-        builder.download_and_prepare()
-    finally:
-        if bar is not None:
-            bar.close()
-    return wb.BevjaxWorld(data_dir=data_dir, config=cfg)  # reads the info written to disk
-
-
-def _prepare_real(builder, manual_dir: str, progress: bool, **generation):
-    """Runs ``download_and_prepare`` of a real-dataset builder (manual dir: the raw data) with a tqdm bar whose
-    total the builder sets once it has read the raw data; a no-op when it is already prepared.
-
-    Returns:
-      The prepared builder, reopened on the info written to disk.
-    """
-    import tensorflow_datasets as tfds
-
-    if builder.is_prepared():
-        return builder
-    cfg = builder.builder_config
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc=f"{builder.name}/{cfg.name}", unit="record", smoothing=0.1)
-    builder.set_generation(
-        progress=None if bar is None else bar.update,
-        total=None if bar is None else (lambda n: bar.reset(total=n)),
-        **generation,
-    )
-    try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-    finally:
-        if bar is not None:
-            bar.close()
-    return type(builder)(data_dir=builder.data_dir_root, config=cfg)
+    builder = wb.make_builder(data_dir, config)
+    return builder.prepare(progress=progress, workers=workers)
 
 
 def prepare_nuscenes(
@@ -138,7 +62,7 @@ def prepare_nuscenes(
     workers: int = 0,
     progress: bool = True,
 ):
-    """Writes a ``bevjax_nuscenes`` config from a nuScenes dataroot (a no-op if it is already prepared).
+    """Writes a ``bevjax_nuscenes`` config from a dataroot (a no-op if it is already prepared).
 
     Args:
       dataroot: the folder holding ``v1.0-*/``, ``samples/``, ``sweeps/`` and ``maps/``.
@@ -151,11 +75,9 @@ def prepare_nuscenes(
     Returns:
       The prepared builder.
     """
-    from bevjax.data.nuscenes import builder as nb
-
-    cfg = nb.PREDEFINED_CONFIGS[config] if isinstance(config, str) else config
-    builder = nb.BevjaxNuScenes(data_dir=data_dir or default_data_dir(), config=cfg)
-    return _prepare_real(builder, dataroot, progress, workers=workers, version=version)
+    data_dir = data_dir or default_data_dir()
+    builder = nb.BevjaxNuScenes(data_dir=data_dir, config=nb.BevjaxNuScenes.resolve_config(data_dir, config))
+    return builder.prepare(dataroot, progress=progress, workers=workers, version=version)
 
 
 def prepare_av2(root: str, data_dir: str | None = None, config="default", *, workers: int = 0, progress=True):
@@ -171,11 +93,9 @@ def prepare_av2(root: str, data_dir: str | None = None, config="default", *, wor
     Returns:
       The prepared builder.
     """
-    from bevjax.data.av2 import builder as ab
-
-    cfg = ab.PREDEFINED_CONFIGS[config] if isinstance(config, str) else config
-    builder = ab.BevjaxAV2(data_dir=data_dir or default_data_dir(), config=cfg)
-    return _prepare_real(builder, root, progress, workers=workers)
+    data_dir = data_dir or default_data_dir()
+    builder = ab.BevjaxAV2(data_dir=data_dir, config=ab.BevjaxAV2.resolve_config(data_dir, config))
+    return builder.prepare(root, progress=progress, workers=workers)
 
 
 def describe(builder) -> str:
@@ -205,9 +125,12 @@ def _world_main(args: argparse.Namespace) -> int:
     if builder.is_prepared():
         print(f"already prepared, nothing to do: {builder.data_path}")
     else:
-        builder = prepare_world(args.data_dir, cfg, progress=not args.no_progress)
+        builder = prepare_world(args.data_dir, cfg, progress=not args.no_progress, workers=args.workers)
     print(describe(builder))
-    print(f"open it with: open_world_split({args.data_dir!r}, {cfg.name!r}, '<domain>_<train|val>')")
+    print(
+        "open it with: from bevjax.data.sources import open_world_split; "
+        f"open_world_split({args.data_dir!r}, {cfg.name!r}, '<domain>_<train|val>')"
+    )
     return 0
 
 
@@ -232,10 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     world.add_argument("--train_sequences", type=int, default=None, help="sequences per <domain>_train split")
     world.add_argument("--val_sequences", type=int, default=None, help="sequences per <domain>_val split")
+    world.add_argument("--workers", type=int, default=0, help="processes rendering samples in parallel")
     world.add_argument("--no_progress", action="store_true", help="no tqdm bar over the samples")
-    from bevjax.data.av2 import builder as ab
-    from bevjax.data.nuscenes import builder as nb
-
     nusc = sub.add_parser("nuscenes", help="nuScenes keyframes from a dataroot to array_record files")
     nusc.add_argument("--dataroot", required=True, help="folder holding v1.0-*/, samples/, sweeps/, maps/")
     nusc.add_argument(
@@ -260,12 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _world_main(args)
     if args.dataset == "nuscenes":
         cfg = nb.PREDEFINED_CONFIGS[args.config]
-        builder, opener = nb.BevjaxNuScenes(data_dir=args.data_dir, config=cfg), "open_nuscenes_split"
+        builder = nb.BevjaxNuScenes(data_dir=args.data_dir, config=cfg)
+        opener = "from bevjax.data.nuscenes.source import open_nuscenes_split; open_nuscenes_split"
         run = functools.partial(prepare_nuscenes, args.dataroot, version=args.version)
         splits = "'<train|val|mini_train|...|night_val|...>'"
     else:
         cfg = ab.make_config(args.config, stride=args.stride)
-        builder, opener = ab.BevjaxAV2(data_dir=args.data_dir, config=cfg), "open_av2_split"
+        builder = ab.BevjaxAV2(data_dir=args.data_dir, config=cfg)
+        opener = "from bevjax.data.av2.source import open_av2_split; open_av2_split"
         run = functools.partial(prepare_av2, args.root)
         splits = "'<train|val>'"
     if builder.is_prepared():

@@ -1,9 +1,14 @@
-"""Pieces shared by the TFDS builders of real datasets (``bevjax_nuscenes``, ``bevjax_av2``).
+"""How records are stored, shared by every bevjax TFDS builder and source (the lowest layer of ``bevjax.data``).
 
-- :func:`stored_features`: the ``FeaturesDict`` of a schema spec, with camera images stored as JPEG bytes.
-- :func:`encode_jpegs`: [n, h, w, 3] uint8 -> n JPEG byte strings (or the original files' bytes).
+- :func:`tensor_feature`, :func:`stored_features`: the TFDS features of a schema spec (zlib-compressed arrays,
+  plain scalars, float64 scalars as raw bytes, camera images as JPEG bytes).
+- :func:`encode_jpegs`, :func:`decode_jpegs`: [n, h, w, 3] uint8 <-> n JPEG byte strings.
 - :func:`ordered_map`: a function over items, in order, in this process or in worker processes.
-- :func:`content_name`: ``<prefix>_<hash>`` names of custom configs.
+- :func:`content_name`, :func:`derive_config`: ``custom_<hash>`` configs named by their content.
+
+This module imports no other module of ``bevjax.data``: the builders (:mod:`bevjax.data.base_builder` and its
+subclasses), the sources (:mod:`bevjax.data.sources`), the registry (:mod:`bevjax.data.datasets`) and the
+command line (:mod:`bevjax.data.prepare`) build on it, in that order.
 """
 
 from __future__ import annotations
@@ -18,10 +23,19 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bevjax.data.sources import JPEG_SUFFIX
-from bevjax.data.world_builder import tensor_feature
-
 JPEG_QUALITY = 95
+JPEG_SUFFIX = "_jpeg"  # a key ``<name>_jpeg`` [n] of JPEG bytes is decoded into ``<name>`` [n, h, w, 3] uint8
+
+
+def tensor_feature(shape: tuple[int, ...], dtype: np.dtype) -> tfds.features.Tensor:
+    """The TFDS feature of one schema key: arrays zlib-compressed, scalars plain except float64 ones, which are
+    stored as raw bytes (TFDS writes unencoded floats as float32 and would round them)."""
+    dtype = np.dtype(dtype)
+    if len(shape) > 0:
+        return tfds.features.Tensor(shape=tuple(shape), dtype=dtype, encoding="zlib")
+    if dtype == np.float64:
+        return tfds.features.Tensor(shape=(), dtype=dtype, encoding="bytes")
+    return tfds.features.Scalar(dtype=dtype)
 
 
 def stored_spec(spec: Mapping[str, tuple], jpeg_keys: tuple[str, ...] = ("images",)) -> dict:
@@ -55,6 +69,20 @@ def encode_jpegs(images: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
         buf = io.BytesIO()
         Image.fromarray(np.asarray(img, np.uint8)).save(buf, format="JPEG", quality=quality)
         out[i] = buf.getvalue()
+    return out
+
+
+def decode_jpegs(encoded, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """[n, h, w, 3] uint8 from n JPEG byte strings; ValueError naming ``where`` when a size differs."""
+    from PIL import Image
+
+    out = np.empty(shape, np.uint8)
+    for i, data in enumerate(np.asarray(encoded, object).reshape(-1)):
+        with Image.open(io.BytesIO(data)) as img:
+            arr = np.asarray(img.convert("RGB"))
+        if arr.shape != tuple(shape[1:]):
+            raise ValueError(f"{where}: image {i} decoded to {arr.shape}, expected {tuple(shape[1:])}")
+        out[i] = arr
     return out
 
 
@@ -119,80 +147,3 @@ def derive_config(predefined: Mapping[str, Any], base: str, fields: tuple[str, .
         return cfg
     new.name = content_name("custom", new.content())
     return new
-
-
-class RealDatasetBuilder(tfds.core.GeneratorBasedBuilder):
-    """What the real-dataset builders share: array_record files, predefined configs passed by name (TFDS pickles
-    builders by their keyword arguments), generation settings that are not content (progress, worker
-    processes), records in generation order, the config in ``metadata.json`` under ``METADATA_KEY``.
-
-    Subclasses set the TFDS class attributes, ``PREDEFINED_CONFIGS`` and ``METADATA_KEY``; their configs have
-    ``stored()`` (the stored spec) and ``to_json()``.
-    """
-
-    PREDEFINED_CONFIGS: Mapping[str, Any] = {}
-    METADATA_KEY = ""
-
-    def __init__(self, *, file_format: str | None = "array_record", **kw):
-        self._progress, self._total, self._workers, self._generation = None, None, 0, {}
-        config = kw.get("config")
-        if (
-            config is not None
-            and not isinstance(config, str)
-            and self.PREDEFINED_CONFIGS.get(config.name) is config
-        ):
-            kw["config"] = config.name
-        super().__init__(file_format=file_format, **kw)
-
-    def set_generation(
-        self,
-        progress: Callable[[], Any] | None = None,
-        total: Callable[[int], Any] | None = None,
-        workers: int = 0,
-        **options,
-    ) -> None:
-        """How ``download_and_prepare`` runs: a callable per record, one told the number of records once the
-        raw data is read, worker processes, builder options."""
-        self._progress, self._total = progress, total
-        self._workers, self._generation = int(workers), dict(options)
-
-    def _announce(self, num_records: int) -> None:
-        """Tells the ``total`` callable of :meth:`set_generation` how many records all splits will hold."""
-        if self._total is not None:
-            self._total(num_records)
-
-    # TFDS's own ``code_path`` needs a backport absent here for builders outside tensorflow_datasets.
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        import inspect
-
-        from etils import epath
-
-        return epath.Path(inspect.getfile(cls))
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        import inspect
-
-        cfg = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(inspect.getmodule(type(self)).__doc__ or "").split("\n\n")[0],
-            features=stored_features(cfg.stored()),
-            disable_shuffling=True,  # record i of a split is the i-th generated one
-            metadata=tfds.core.MetadataDict({self.METADATA_KEY: cfg.to_json()}),
-        )
-
-    def _generate_records(self, fn, items: list, initializer) -> Iterator[tuple[int, dict]]:
-        """``(index, fn(state, item))`` in order (see :func:`ordered_map`); records whose ``_points_cut`` is set
-        are counted and reported at the end."""
-        cut = 0
-        for index, ex in enumerate(ordered_map(fn, items, initializer, self._workers)):
-            cut += ex.pop("_points_cut", 0)
-            if self._progress is not None:
-                self._progress()
-            yield index, ex
-        if cut:
-            print(
-                f"{self.name}: {cut} of {len(items)} records filled all num_points slots (points may be cut)"
-            )

@@ -1,14 +1,20 @@
-"""Random-access sources over prepared ``bevjax_world`` splits, with errors that say what to do.
+"""Random-access sources over prepared splits, the checks before opening them and errors that say what to do.
 
-``open_world_split(data_dir, 'tiny', 'boston_train')`` returns a :class:`WorldSplitSource`: ``len(source)`` and
-``source[i]`` (a dict of NumPy arrays in the batch schema, equal to ``render_sample(world, 'boston', 'train', i)``),
-suitable for ``grain.MapDataset.source`` and picklable for Grain worker processes.
+- :class:`PreparedSplitSource`: one split of any prepared bevjax builder (``len(source)``, ``source[i]`` -> a dict
+  of NumPy arrays in the batch schema), suitable for ``grain.MapDataset.source`` and picklable for Grain worker
+  processes; errors name the array_record file and the record's index in it.
+- :class:`SubsetSource`: chosen records of a source (the nuScenes domain views).
+- :func:`check_prepared`: prepared, split present, stored features and config equal to the code's.
+- :func:`open_world_split` / :class:`WorldSplitSource`: a ``bevjax_world`` split, e.g.
+  ``open_world_split(data_dir, 'tiny', 'boston_train')[i] == render_sample(world, 'boston', 'train', i)``.
+
+The nuScenes and Argoverse 2 openers build on this module (:func:`bevjax.data.nuscenes.source.open_nuscenes_split`,
+:func:`bevjax.data.av2.source.open_av2_split`); :mod:`bevjax.data.datasets` opens any of them from a run config.
 """
 
 from __future__ import annotations
 
 import bisect
-import io
 import json
 from collections.abc import Mapping
 
@@ -17,6 +23,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from bevjax.data import world_builder as wb
+from bevjax.data.records import JPEG_SUFFIX, decode_jpegs
 from bevjax.world.sample import example_spec_for
 
 
@@ -113,23 +120,6 @@ def check_prepared_config(metadata_path: epath.PathLike, config, key: str = "wor
         )
 
 
-JPEG_SUFFIX = "_jpeg"  # a key ``<name>_jpeg`` [n] of JPEG bytes is decoded into ``<name>`` [n, h, w, 3] uint8
-
-
-def decode_jpegs(encoded, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """[n, h, w, 3] uint8 from n JPEG byte strings; ValueError naming ``where`` when a size differs."""
-    from PIL import Image
-
-    out = np.empty(shape, np.uint8)
-    for i, data in enumerate(np.asarray(encoded, object).reshape(-1)):
-        with Image.open(io.BytesIO(data)) as img:
-            arr = np.asarray(img.convert("RGB"))
-        if arr.shape != tuple(shape[1:]):
-            raise ValueError(f"{where}: image {i} decoded to {arr.shape}, expected {tuple(shape[1:])}")
-        out[i] = arr
-    return out
-
-
 class PreparedSplitSource:
     """Random access to one split of a prepared TFDS dataset: ``len(source)``, ``source[i]`` -> schema dict.
 
@@ -217,6 +207,25 @@ class PreparedSplitSource:
         return f"{type(self).__name__}({self.data_path}, split={self.split!r}, len={self._len})"
 
 
+class SubsetSource:
+    """Records ``indices`` of a base source, in that order (``len``, ``source[i]``); picklable."""
+
+    def __init__(self, base, indices: list[int], split: str):
+        self.base, self.indices, self.split = base, list(indices), split
+        self.spec = base.spec
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= int(i) < len(self):
+            raise IndexError(f"index {i} out of range for split '{self.split}' of {len(self)} records")
+        return self.base[self.indices[int(i)]]
+
+    def __repr__(self) -> str:
+        return f"SubsetSource({self.base!r}, split={self.split!r}, len={len(self)})"
+
+
 class WorldSplitSource(PreparedSplitSource):
     """A prepared ``bevjax_world`` split (see :class:`PreparedSplitSource`).
 
@@ -286,8 +295,6 @@ def open_world_split(
     data_dir = str(data_dir)
     cfg = wb.resolve_config(data_dir, config)
     builder = wb.BevjaxWorld(data_dir=data_dir, config=cfg)
-    from bevjax.data.prepare import prepare_command
-
     spec = example_spec_for(cfg.world)
-    check_prepared(builder, split, spec, cfg, "world_builder_config", prepare_command(data_dir, cfg))
+    check_prepared(builder, split, spec, cfg, wb.METADATA_KEY, wb.prepare_command(data_dir, cfg))
     return WorldSplitSource(builder, split)

@@ -31,25 +31,28 @@ Splits are named ``<domain>_<kind>`` with kind ``train`` or ``val`` (``boston_tr
 (shuffling is disabled, keys are the integer render indices) equals ``render_sample(world, domain, kind, i)``:
 sequence ``i // frames_per_sequence``, frame ``i % frames_per_sequence``.
 
-Features: one ``tfds.features.Tensor`` per schema key with the spec's shape and dtype; arrays are stored
-zlib-compressed raw bytes, scalars as plain ``Tensor(shape=())`` except float64 ones, which are stored as raw bytes
-(TFDS writes unencoded floats as float32 and would round them).
+Features: one ``tfds.features.Tensor`` per schema key with the spec's shape and dtype
+(:func:`bevjax.data.records.tensor_feature`); arrays are stored zlib-compressed raw bytes, scalars as plain
+``Tensor(shape=())`` except float64 ones, which are stored as raw bytes (TFDS writes unencoded floats as float32
+and would round them).
 
-Prepare with ``python -m bevjax.data.prepare world --config tiny`` (see :mod:`bevjax.data.prepare`).
+:class:`BevjaxWorld` is a :class:`~bevjax.data.base_builder.BevjaxBuilder` like the nuScenes and Argoverse 2
+builders. Prepare with ``python -m bevjax.data.prepare world --config tiny`` (see :mod:`bevjax.data.prepare`);
+open a split with :func:`bevjax.data.sources.open_world_split`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
+from bevjax.data import records
+from bevjax.data.base_builder import BevjaxBuilder
 from bevjax.geometry.grid import BEVGrid
 from bevjax.world import sample as world_sample
 from bevjax.world.config import DEFAULT_DOMAINS, WorldConfig, parse_domain, tiny_config
@@ -57,6 +60,7 @@ from bevjax.world.config import DEFAULT_DOMAINS, WorldConfig, parse_domain, tiny
 DATASET_NAME = "bevjax_world"
 SPLIT_KINDS = ("train", "val")
 VERSION = "1.0.0"
+METADATA_KEY = "world_builder_config"  # in metadata.json: the full config (custom ones are reopened from it)
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -93,6 +97,13 @@ class WorldBuilderConfig(tfds.core.BuilderConfig):
     def split_names(self) -> list[str]:
         """All split names ``<domain>_<kind>`` of kinds with at least one sequence."""
         return [f"{d}_{k}" for d in self.domains for k in SPLIT_KINDS if self.num_sequences.get(k, 0) > 0]
+
+    def spec(self) -> dict:
+        """``{key: (shape, dtype)}`` of a record (stored as it is: ``stored()`` is the same)."""
+        return world_sample.example_spec_for(self.world)
+
+    def stored(self) -> dict:
+        return self.spec()
 
     def num_samples(self, kind: str) -> int:
         """Samples in one split of kind ``kind`` ('train' or 'val')."""
@@ -244,23 +255,38 @@ def make_builder_config(
     return custom_config(new_world, new_domains, ntrain, nval)
 
 
-def tensor_feature(shape: tuple[int, ...], dtype: np.dtype) -> tfds.features.Tensor:
-    """The TFDS feature of one schema key (see the module docstring for the encodings)."""
-    dtype = np.dtype(dtype)
-    if len(shape) > 0:
-        return tfds.features.Tensor(shape=tuple(shape), dtype=dtype, encoding="zlib")
-    if dtype == np.float64:
-        return tfds.features.Tensor(shape=(), dtype=dtype, encoding="bytes")
-    return tfds.features.Scalar(dtype=dtype)
+def prepare_command(data_dir: str, config: WorldBuilderConfig) -> str:
+    """The shell command that prepares ``config`` in ``data_dir`` (a Python call when the CLI cannot express it).
+
+    Args:
+      data_dir: the data dir.
+      config: the builder config.
+
+    Returns:
+      A one-line command.
+    """
+    base = next((c for c in PREDEFINED_CONFIGS.values() if c.world == config.world), None)
+    if base is None:
+        return (
+            f"python -c \"from bevjax.data.prepare import prepare_world; prepare_world('{data_dir}', <the "
+            f"WorldBuilderConfig named '{config.name}'>)\""
+        )
+    cmd = f"python -m bevjax.data.prepare world --data_dir {data_dir} --config {base.name}"
+    if config.domains != base.domains:
+        cmd += f" --domains {','.join(config.domains)}"
+    for kind in SPLIT_KINDS:
+        n = config.num_sequences.get(kind, 0)
+        if n != base.num_sequences.get(kind, 0):
+            cmd += f" --{kind}_sequences {n}"
+    return cmd
 
 
-def features_for(world: WorldConfig) -> tfds.features.FeaturesDict:
-    """The ``FeaturesDict`` of the samples ``world`` renders (one Tensor per key of ``example_spec_for``)."""
-    spec = world_sample.example_spec_for(world)
-    return tfds.features.FeaturesDict({k: tensor_feature(s, d) for k, (s, d) in spec.items()})
+def _render(world: WorldConfig, domain: str, kind: str, state: None, index: int) -> dict:
+    # ``render_sample`` is looked up at call time so that tests (and later renderers) can patch it.
+    return world_sample.render_sample(world, domain, kind, index)
 
 
-class BevjaxWorld(tfds.core.GeneratorBasedBuilder):
+class BevjaxWorld(BevjaxBuilder):
     """The ``bevjax_world`` dataset: rendered world samples in the batch schema, one split per domain and kind."""
 
     name = DATASET_NAME
@@ -268,106 +294,48 @@ class BevjaxWorld(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {str(VERSION): "Initial release: the bevjax batch schema, zlib-encoded arrays."}
     BUILDER_CONFIGS = [DEFAULT_CONFIG, TINY_CONFIG]
     DEFAULT_CONFIG_NAME = "default"
+    PREDEFINED_CONFIGS = PREDEFINED_CONFIGS
+    METADATA_KEY = METADATA_KEY
+    TITLE = "world"
 
-    def __init__(self, *, file_format: str | None = "array_record", **kw):
-        """Args: ``file_format`` (default ``array_record``) and the ``tfds.core.DatasetBuilder`` keywords
-        (``data_dir``, ``config``: a name or a :class:`WorldBuilderConfig`, ...)."""
-        self._progress = (
-            None  # see set_progress (not an init argument: TFDS pickles builders by their kwargs)
-        )
-        config = kw.get("config")
-        if isinstance(config, WorldBuilderConfig) and PREDEFINED_CONFIGS.get(config.name) is config:
-            # By name: TFDS pickles a builder as its init kwargs and refuses an unpickled copy of a class config.
-            kw["config"] = config.name
-        super().__init__(file_format=file_format, **kw)
-
-    def set_progress(self, progress: Callable[[], Any] | None) -> None:
-        """Sets the callable called once per rendered sample during ``download_and_prepare`` (None: none)."""
-        self._progress = progress
-
-    # TFDS's own ``code_path`` needs the ``importlib_resources`` backport (absent here) for any builder outside
-    # tensorflow_datasets; the answer is simply this file (there is no checksums file next to it).
-    @tfds.core.utils.classproperty
     @classmethod
-    def code_path(cls) -> epath.Path:
-        return epath.Path(__file__)
+    def config_from_json(cls, d: Mapping[str, Any]) -> WorldBuilderConfig:
+        return config_from_json(d)
 
     @property
     def world_config(self) -> WorldBuilderConfig:
         return self.builder_config
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        cfg: WorldBuilderConfig = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__.split("\n\n")[0],
-            features=features_for(cfg.world),
-            disable_shuffling=True,  # record i of a split is render index i
-            metadata=tfds.core.MetadataDict(world_builder_config=cfg.to_json()),
-        )
-
     def _split_generators(self, dl_manager) -> dict[str, Iterator]:
         cfg: WorldBuilderConfig = self.builder_config
-        return {
-            split_name(d, k): self._generate_examples(d, k)
-            for d in cfg.domains
-            for k in SPLIT_KINDS
-            if cfg.num_sequences.get(k, 0) > 0
-        }
+        kinds = [k for k in SPLIT_KINDS if cfg.num_sequences.get(k, 0) > 0]
+        self._announce(sum(cfg.num_samples(k) for k in kinds) * len(cfg.domains))
+        return {split_name(d, k): self._generate_examples(d, k) for d in cfg.domains for k in kinds}
 
     def _generate_examples(self, domain: str, kind: str) -> Iterator[tuple[int, dict]]:
         cfg: WorldBuilderConfig = self.builder_config
-        for index in range(cfg.num_samples(kind)):
-            # Looked up at call time so that tests (and later renderers) can patch it.
-            example = world_sample.render_sample(cfg.world, domain, kind, index)
-            if self._progress is not None:
-                self._progress()
-            yield index, example
+        # Key i is render index i: records come in order, from this process or from worker processes.
+        fn = functools.partial(_render, cfg.world, domain, kind)
+        return self._generate_records(fn, list(range(cfg.num_samples(kind))))
+
+
+def features_for(world: WorldConfig) -> tfds.features.FeaturesDict:
+    """The ``FeaturesDict`` of the samples ``world`` renders (one Tensor per key of ``example_spec_for``)."""
+    return records.stored_features(world_sample.example_spec_for(world))
 
 
 def config_from_prepared(data_dir: str, name: str) -> WorldBuilderConfig | None:
-    """The config stored in ``metadata.json`` of a prepared ``bevjax_world/<name>``, or None if absent.
-
-    Args:
-      data_dir: the TFDS data dir.
-      name: the config name (e.g. ``custom_0123456789``).
-
-    Returns:
-      The config (newest prepared version), or None when no prepared copy with metadata exists.
-    """
-    root = epath.Path(data_dir) / DATASET_NAME / name
-    if not root.exists():
-        return None
-    for version_dir in sorted(root.iterdir(), reverse=True):
-        meta = version_dir / "metadata.json"
-        if meta.exists():
-            d = json.loads(meta.read_text())
-            if "world_builder_config" in d:
-                return config_from_json(d["world_builder_config"])
-    return None
+    """The config stored in ``metadata.json`` of a prepared ``bevjax_world/<name>``, or None if absent."""
+    return BevjaxWorld.config_from_prepared(data_dir, name)
 
 
 def resolve_config(data_dir: str | None, config: str | WorldBuilderConfig) -> WorldBuilderConfig:
     """A config from a config or a name (predefined, or a prepared custom one in ``data_dir``).
 
-    Args:
-      data_dir: where prepared custom configs are looked up (may be None for predefined names).
-      config: a :class:`WorldBuilderConfig` or a name.
-
-    Returns:
-      The config.
+    Raises:
+      ValueError: ``unknown world config '<name>'`` with the predefined names and where it was looked for.
     """
-    if isinstance(config, WorldBuilderConfig):
-        return config
-    if config in PREDEFINED_CONFIGS:
-        return PREDEFINED_CONFIGS[config]
-    found = config_from_prepared(data_dir, config) if data_dir is not None else None
-    if found is None:
-        raise ValueError(
-            f"unknown world config '{config}': not predefined ({sorted(PREDEFINED_CONFIGS)}) and no prepared "
-            f"copy with metadata under {data_dir}/{DATASET_NAME}/{config}; pass the WorldBuilderConfig instead"
-        )
-    return found
+    return BevjaxWorld.resolve_config(data_dir, config)
 
 
 def make_builder(data_dir: str, config: str | WorldBuilderConfig, **kwargs) -> BevjaxWorld:

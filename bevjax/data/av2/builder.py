@@ -11,7 +11,8 @@ not read). A record is the pair of sweeps (k, k + 1) of one log, for k = 0, stri
 order, pairs in time order; ``sequence_id`` is the log's index in its split, ``frame_index`` the first sweep's index
 in its log. Keys: the schema without the camera images and per-pixel labels (``schema.subset_spec``): calibration of
 the ring cameras, BEV labels, both sweeps, flow, classes, ground, ``next_ego_from_ego``. ``metadata.json`` keeps the
-log table (log id, first record, count) of every split.
+log table (log id, first record, count) of every split. Open a split with
+:func:`bevjax.data.av2.source.open_av2_split`.
 
 ===========  ==================================================================================================
 config       content
@@ -34,7 +35,7 @@ from bevjax.data import records
 from bevjax.data.av2.map import AV2Map
 from bevjax.data.av2.reader import AV2Log
 from bevjax.data.av2.sample import RING_CAMERAS, load_pair
-from bevjax.data.sources import PreparedSplitSource, check_prepared
+from bevjax.data.base_builder import BevjaxBuilder
 from bevjax.geometry.grid import BEVGrid
 from bevjax.schema import example_spec, subset_spec
 
@@ -68,6 +69,18 @@ class AV2BuilderConfig(tfds.core.BuilderConfig):
 
     def to_json(self) -> dict:
         return {"name": self.name, **self.content()}
+
+
+def config_from_json(d: dict) -> AV2BuilderConfig:
+    """Rebuilds a config from :meth:`AV2BuilderConfig.to_json`."""
+    return AV2BuilderConfig(
+        name=d["name"],
+        version=VERSION,
+        grid=BEVGrid(**{k: tuple(v) for k, v in d["grid"].items()}),
+        num_points=d["num_points"],
+        stride=d["stride"],
+        description="custom Argoverse 2 config",
+    )
 
 
 DEFAULT = AV2BuilderConfig(
@@ -121,7 +134,7 @@ def _record(cfg: AV2BuilderConfig, cache: _LogCache, item: tuple[str, int, int, 
     return ex
 
 
-class BevjaxAV2(records.RealDatasetBuilder):
+class BevjaxAV2(BevjaxBuilder):
     """Argoverse 2 sweep pairs in the bevjax schema (see the module docstring)."""
 
     name = DATASET_NAME
@@ -133,10 +146,15 @@ class BevjaxAV2(records.RealDatasetBuilder):
     DEFAULT_CONFIG_NAME = "default"
     PREDEFINED_CONFIGS = PREDEFINED_CONFIGS
     METADATA_KEY = METADATA_KEY
+    TITLE = "Argoverse 2"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download the Argoverse 2 sensor dataset (https://www.argoverse.org) and pass the folder holding train/ "
         "and val/ (one folder per log) as the manual dir."
     )
+
+    @classmethod
+    def config_from_json(cls, d: dict) -> AV2BuilderConfig:
+        return config_from_json(d)
 
     def _split_generators(self, dl_manager) -> dict[str, Iterator]:
         root = Path(dl_manager.manual_dir)
@@ -174,19 +192,3 @@ def prepare_command(data_dir: str, cfg: AV2BuilderConfig) -> str:
         "python -c \"from bevjax.data.prepare import prepare_av2; prepare_av2('<root>', "
         f"'{data_dir}', <the AV2BuilderConfig named '{cfg.name}'>)\""
     )
-
-
-def open_av2_split(data_dir, config: str | AV2BuilderConfig, split: str) -> PreparedSplitSource:
-    """Opens a prepared ``train`` / ``val`` split of sweep pairs (``len``, ``source[i]`` -> schema dict).
-
-    Errors: not prepared (with the command), unknown split (with the available ones), a schema or config that
-    differs from what was prepared.
-    """
-    cfg = PREDEFINED_CONFIGS.get(config, None) if isinstance(config, str) else config
-    if cfg is None:
-        raise ValueError(
-            f"unknown Argoverse 2 config '{config}': pass the AV2BuilderConfig it was prepared with"
-        )
-    builder = BevjaxAV2(data_dir=str(data_dir), config=cfg)
-    check_prepared(builder, split, cfg.stored(), cfg, METADATA_KEY, prepare_command(str(data_dir), cfg))
-    return PreparedSplitSource(builder, split, cfg.spec())

@@ -8,8 +8,8 @@ with :func:`bevjax.data.nuscenes.sample.load_sample`; needs no devkit and no Ten
 Stored splits are the official scene splits present in the dataroot (``train``, ``val``, ``test``, ``mini_train``,
 ``mini_val``; see :mod:`bevjax.data.nuscenes.splits`), keyframes in scene order and, within a scene, in time
 order. The domain splits ``<boston|singapore|day|night|dry|rain>_<train|val>`` are views over ``train`` / ``val``
-(no second copy on disk): :func:`open_nuscenes_split` selects their scenes from the scene table kept in
-``metadata.json``.
+(no second copy on disk): :func:`bevjax.data.nuscenes.source.open_nuscenes_split` selects their scenes from the
+scene table kept in ``metadata.json``.
 
 Per record: the schema keys but ``pv_labels`` and ``depth`` (``schema.DENSE_LABEL_KEYS``), images as one JPEG
 byte string per camera (``images_jpeg``; the original files' bytes when the config keeps the stored size,
@@ -36,11 +36,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bevjax.data import records
+from bevjax.data.base_builder import BevjaxBuilder
 from bevjax.data.nuscenes import splits as nusc_splits
 from bevjax.data.nuscenes.sample import load_sample
-from bevjax.data.nuscenes.source import find_version
-from bevjax.data.nuscenes.tables import NuScenesTables
-from bevjax.data.sources import PreparedSplitSource, check_prepared
+from bevjax.data.nuscenes.tables import NuScenesTables, find_version
 from bevjax.geometry.grid import BEVGrid
 from bevjax.schema import DENSE_LABEL_KEYS, NUSCENES_CAMERAS, example_spec, subset_spec
 
@@ -178,7 +177,7 @@ def _record(cfg: NuScenesBuilderConfig, tables: NuScenesTables, item: tuple[str,
     return ex
 
 
-class BevjaxNuScenes(records.RealDatasetBuilder):
+class BevjaxNuScenes(BevjaxBuilder):
     """nuScenes keyframes in the bevjax schema (see the module docstring)."""
 
     name = DATASET_NAME
@@ -190,10 +189,15 @@ class BevjaxNuScenes(records.RealDatasetBuilder):
     DEFAULT_CONFIG_NAME = "keyframes"
     PREDEFINED_CONFIGS = PREDEFINED_CONFIGS
     METADATA_KEY = METADATA_KEY
+    TITLE = "nuScenes"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download nuScenes (https://www.nuscenes.org/download) and pass the dataroot holding v1.0-*/, samples/, "
         "sweeps/ and maps/ (and maps/expansion/ for all six map classes) as the manual dir."
     )
+
+    @classmethod
+    def config_from_json(cls, d: dict) -> NuScenesBuilderConfig:
+        return config_from_json(d)
 
     def _split_generators(self, dl_manager) -> dict[str, Iterator]:
         root = Path(dl_manager.manual_dir)
@@ -231,28 +235,6 @@ class BevjaxNuScenes(records.RealDatasetBuilder):
         return self._generate_records(fn, items, opener)
 
 
-# Reading ---------------------------------------------------------------------------------------------------
-
-
-class SubsetSource:
-    """Records ``indices`` of a base source, in that order (``len``, ``source[i]``); picklable."""
-
-    def __init__(self, base, indices: list[int], split: str):
-        self.base, self.indices, self.split = base, list(indices), split
-        self.spec = base.spec
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict:
-        if not -len(self) <= int(i) < len(self):
-            raise IndexError(f"index {i} out of range for split '{self.split}' of {len(self)} records")
-        return self.base[self.indices[int(i)]]
-
-    def __repr__(self) -> str:
-        return f"SubsetSource({self.base!r}, split={self.split!r}, len={len(self)})"
-
-
 def prepare_command(data_dir: str, cfg: NuScenesBuilderConfig) -> str:
     """The shell command that prepares ``cfg`` (a Python call for custom configs)."""
     if cfg.name in PREDEFINED_CONFIGS:
@@ -264,36 +246,3 @@ def prepare_command(data_dir: str, cfg: NuScenesBuilderConfig) -> str:
         "python -c \"from bevjax.data.prepare import prepare_nuscenes; prepare_nuscenes('<dataroot>', "
         f"'{data_dir}', <the NuScenesBuilderConfig named '{cfg.name}'>)\""
     )
-
-
-def open_nuscenes_split(data_dir, config: str | NuScenesBuilderConfig, split: str):
-    """Opens a prepared split: a stored one (``train``, ``val``, ...) or a domain view (``night_val``, ...).
-
-    Args:
-      data_dir: the TFDS data dir.
-      config: a predefined name, or the :class:`NuScenesBuilderConfig` the data was prepared with.
-      split: a stored split or ``<domain>_<train|val>`` with a domain of ``splits.DOMAINS``.
-
-    Returns:
-      A random-access source of schema dicts (``spec`` attribute: the decoded spec).
-    """
-    cfg = PREDEFINED_CONFIGS.get(config, None) if isinstance(config, str) else config
-    if cfg is None:
-        raise ValueError(
-            f"unknown nuScenes config '{config}': pass the NuScenesBuilderConfig it was prepared with"
-        )
-    builder = BevjaxNuScenes(data_dir=str(data_dir), config=cfg)
-    domain, _, kind = split.rpartition("_")
-    base_split = kind if domain in nusc_splits.DOMAINS and kind in ("train", "val") else split
-    check_prepared(builder, base_split, cfg.stored(), cfg, METADATA_KEY, prepare_command(str(data_dir), cfg))
-    base = PreparedSplitSource(builder, base_split, cfg.spec())
-    if base_split == split:
-        return base
-    meta = builder.info.metadata
-    indices = [
-        i
-        for name, start, n in meta["scenes"][base_split]
-        if domain in meta["scene_domains"][name].values()
-        for i in range(start, start + n)
-    ]
-    return SubsetSource(base, indices, split)

@@ -37,6 +37,18 @@ TABLES = (
 OPTIONAL_TABLES = ("attribute", "visibility", "map")
 
 
+def find_version(dataroot: str | Path) -> str:
+    """The one version folder (``v1.0-*``) of a dataroot; a clear error when there is none or several."""
+    root = Path(dataroot)
+    if not root.is_dir():
+        raise FileNotFoundError(f"nuScenes dataroot {root} does not exist")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0-"))
+    if len(found) != 1:
+        what = f"several ({', '.join(found)}): choose one" if found else "none"
+        raise ValueError(f"nuScenes dataroot {root}: expected one v1.0-* version folder, found {what}")
+    return found[0]
+
+
 def rigid_from_pose(record: dict) -> np.ndarray:
     """[4, 4] float64 transform of a record with ``translation`` [3] and ``rotation`` (w, x, y, z)."""
     out = np.eye(4)
