@@ -236,9 +236,9 @@ def _shape(leaf) -> tuple | None:
     return None if shape is None else tuple(shape)
 
 
-def _listing(paths: Sequence[str], limit: int = 8) -> str:
+def _listing(paths: Sequence[str], limit: int = 8, sep: str = ", ") -> str:
     more = f" (+{len(paths) - limit} more)" if len(paths) > limit else ""
-    return ", ".join(paths[:limit]) + more
+    return sep.join(paths[:limit]) + more
 
 
 def check_matches(saved, template, where: str) -> None:
@@ -252,7 +252,7 @@ def check_matches(saved, template, where: str) -> None:
         if p in have and _shape(have[p]) != _shape(want[p]) and _shape(have[p]) is not None
     ]
     if shapes:
-        problems.append("different shapes at " + _listing(shapes))
+        problems.append("different shapes at " + _listing(shapes, sep="; "))
     missing = [p for p in want if p not in have]
     if missing:
         problems.append("not in the checkpoint: " + _listing(missing))
@@ -262,7 +262,7 @@ def check_matches(saved, template, where: str) -> None:
     if problems:
         raise CheckpointMismatchError(
             f"{where} does not fit the state being restored (trained with another config?): "
-            + "; ".join(problems)
+            + ". ".join(problems)
             + ". Use another --workdir for this config, or start from that run's parameters with "
             "config.init_from (checkpoint.load_params)"
         )
@@ -361,12 +361,12 @@ def _plan(saved: dict, want: dict, pairs: list[tuple[str, str]], where: str) -> 
             if _shape(a) != _shape(b) or jax.numpy.dtype(a.dtype) != jax.numpy.dtype(b.dtype):
                 misfits.append(f"{t} <- {s}: source {_shape(a)} {a.dtype}, target {_shape(b)} {b.dtype}")
     if misfits:
-        problems.append("different shape or dtype: " + _listing(misfits, 20))
+        problems.append("different shape or dtype: " + _listing(misfits, 20, sep="; "))
     if problems:
-        some = _listing(sorted(saved), 6)
+        under = sorted(p for p in saved if any(_under(p, s) is not None for s, _ in pairs)) or sorted(saved)
         raise ValueError(
-            f"init_from {where}: " + "; ".join(problems) + f". Fix init_from.mapping ((source prefix, target "
-            f"prefix), ...; the source has {len(saved)} leaves: {some}) or leave these paths out of it"
+            f"init_from {where}: " + ". ".join(problems) + ". Fix init_from.mapping ((source prefix, target "
+            f"prefix), ...; source leaves: {_listing(under, 10)}) or leave these paths out of it"
         )
     return plan
 
