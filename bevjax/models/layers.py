@@ -92,6 +92,38 @@ def upsample_bilinear(x: jnp.ndarray, scale: int) -> jnp.ndarray:
     return jnp.einsum("Hh,Ww,bhwc->bHWc", mh.astype(x.dtype), mw.astype(x.dtype), x)  # b H W c
 
 
+REMAT_OPTIONS = ("none", "blocks", "full")
+
+
+def check_remat(remat: str) -> str:
+    """Returns ``remat`` after checking that it is one of :data:`REMAT_OPTIONS`."""
+    if remat not in REMAT_OPTIONS:
+        raise ValueError(f"remat={remat!r}: choose from {REMAT_OPTIONS}")
+    return remat
+
+
+def remat_module(module_cls, enabled: bool, static_argnums: tuple[int, ...], policy=None):
+    """``nn.remat(module_cls, ...)`` when ``enabled``, else ``module_cls`` itself.
+
+    A rematerialised module keeps only its inputs for the backward pass and recomputes everything else there
+    (``jax.checkpoint``; ``policy=None`` saves nothing else). Give the module an explicit ``name``: the wrapped
+    class would otherwise be auto-named after the wrapper, and the parameter tree must not depend on remat.
+
+    Args:
+        module_cls: a linen Module class.
+        enabled: wrap it.
+        static_argnums: positions of the non-array arguments of ``__call__`` (``self`` is 0; e.g. ``(2,)`` for
+            ``train`` in ``__call__(self, x, train)``); they must be passed positionally.
+        policy: a ``jax.checkpoint_policies`` policy, or None.
+
+    Returns:
+        The module class to instantiate.
+    """
+    if not enabled:
+        return module_cls
+    return nn.remat(module_cls, static_argnums=static_argnums, policy=policy)
+
+
 def _batch_norm(train: bool, dtype: Any, **kwargs) -> nn.BatchNorm:
     """BatchNorm as PyTorch's defaults (momentum 0.1, eps 1e-5); statistics and parameters in float32."""
     return nn.BatchNorm(
@@ -105,23 +137,28 @@ def _batch_norm(train: bool, dtype: Any, **kwargs) -> nn.BatchNorm:
 
 
 class ConvBNReLU(nn.Module):
-    """3x3 (or k x k) convolution without bias, BatchNorm, ReLU.
+    """Optional bilinear upsampling, then 3x3 (or k x k) convolution without bias, BatchNorm, ReLU.
 
     Attributes:
         features: output channels.
         kernel: kernel size.
         strides: stride.
+        upsample: upsample the input by this factor first (:func:`upsample_bilinear`; 1: not), so that a
+            rematerialised ConvBNReLU keeps the small input instead of the upsampled one.
         dtype: computation dtype (parameters and BatchNorm statistics stay float32).
     """
 
     features: int
     kernel: int = 3
     strides: int = 1
+    upsample: int = 1
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         k = self.kernel
+        if self.upsample != 1:
+            x = upsample_bilinear(x.astype(self.dtype), self.upsample)  # b (h s) (w s) c
         x = Conv(self.features, k, self.strides, use_bias=False, dtype=self.dtype)(x)
         x = _batch_norm(train, self.dtype)(x)
         return nn.relu(x)
@@ -208,14 +245,109 @@ class DepthwiseConv(nn.Module):
             return jax.lax.conv_general_dilated(
                 x, kernel, (s, s), ((pt, pb), (pl, pr)), dimension_numbers=_NHWC, feature_group_count=c
             )  # b oh ow c
-        xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # b H W c
-        oh, ow = -(-h // s), -(-w // s)
-        out = None
-        for i in range(k):
-            for j in range(k):
-                tap = xp[:, i : i + (oh - 1) * s + 1 : s, j : j + (ow - 1) * s + 1 : s, :] * kernel[i, j, 0]
-                out = tap if out is None else out + tap  # b oh ow c
-        return out
+        return depthwise_conv2d(x, kernel, s, ((pt, pb), (pl, pr)))  # b oh ow c
+
+
+def _phases(xp, s: int):
+    """[b, H, W, c] -> [s, s, b, ceil(H / s), ceil(W / s), c] with ``xp[:, s a + r, s a' + r'] = out[r, r', :, a, a']``
+    (zero-padded at the end), so that a stride-``s`` slice starting at row i is a contiguous slice of phase
+    ``i % s`` starting at ``i // s``. Free (a reshape) for s = 1."""
+    if s == 1:
+        return xp[None, None]
+    b, h, w, c = xp.shape
+    hs, ws = -(-h // s), -(-w // s)
+    xp = jnp.pad(xp, ((0, 0), (0, hs * s - h), (0, ws * s - w), (0, 0)))
+    return xp.reshape(b, hs, s, ws, s, c).transpose(2, 4, 0, 1, 3, 5)  # s s b hs ws c
+
+
+def _tap_loop(tap, kh: int, kw: int, shape: tuple[int, ...], dtype):
+    """[kh, kw, *shape] with entry (i, j) = ``tap(i, j)`` (traced indices), computed in a loop.
+
+    A loop rather than kh * kw separate products: XLA's CPU scheduler would otherwise compute the inputs of
+    all taps first (the shifted copies of a feature map) and keep them in memory at once, e.g. 49 strided
+    copies of the input for the 7x7 stem of the BEV encoder (0.5 GB at the paper's size); in the loop one copy
+    is alive at a time.
+    """
+
+    def body(t, out):
+        i, j = t // kw, t % kw
+        return jax.lax.dynamic_update_index_in_dim(out, tap(i, j).astype(dtype)[None], t, 0)
+
+    out = jax.lax.fori_loop(0, kh * kw, body, jnp.zeros((kh * kw, *shape), dtype))
+    return out.reshape(kh, kw, *shape)
+
+
+def _depthwise_taps(xp, kernel, out_hw: tuple[int, int], s: int):
+    """``sum_ij xp[:, s o + i, s o' + j] * kernel[i, j, 0]`` for output rows o < oh, columns o' < ow."""
+    oh, ow = out_hw
+    k = kernel.shape[0]
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = xp[:, i : i + (oh - 1) * s + 1 : s, j : j + (ow - 1) * s + 1 : s, :] * kernel[i, j, 0]
+            out = tap if out is None else out + tap  # b oh ow c
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv2d(x, kernel, stride: int, padding):
+    """Depthwise convolution of x [b, h, w, c] with kernel [k, k, 1, c], explicit ``padding``
+    ((top, bottom), (left, right)) and output ``ceil(h / stride)`` x ``ceil(w / stride)``, as k*k shifted
+    multiply-adds that XLA fuses into one loop.
+
+    The backward pass keeps only ``x`` and ``kernel``: differentiating the shifted products directly would keep
+    the k*k shifted copies of the input for the kernel gradient (25 copies for a 5x5 kernel: 2.7 GB of an LSS
+    training step at the paper's size). The input gradient is the same kind of loop over the s-dilated output
+    gradient with the flipped kernel, the kernel gradient one reduction per tap.
+    """
+    return _depthwise_forward(x, kernel, stride, padding)
+
+
+def _depthwise_forward(x, kernel, stride, padding):
+    (pt, pb), (pl, pr) = padding
+    h, w = x.shape[1:3]
+    k = kernel.shape[0]
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # b H W c
+    out_hw = ((h + pt + pb - k) // stride + 1, (w + pl + pr - k) // stride + 1)
+    return _depthwise_taps(xp, kernel, out_hw, stride)
+
+
+def _depthwise_fwd(x, kernel, stride, padding):
+    return _depthwise_forward(x, kernel, stride, padding), (x, kernel)
+
+
+def _depthwise_bwd(stride, padding, res, g):
+    # The barrier keeps XLA from sharing the forward's shifted slices of x with the kernel gradient's: shared,
+    # they are materialised (k*k copies of x) and kept from the forward to the backward pass.
+    x, kernel = jax.lax.optimization_barrier(res)
+    (pt, pb), (pl, pr) = padding
+    _, h, w, _ = x.shape
+    k = kernel.shape[0]
+    oh, ow = g.shape[1:3]
+    s = stride
+    # dx[q] = sum_u gdp[q + u] kernel[k - 1 - u], gdp: g dilated by s, padded by k - 1 - pad before (one axis).
+    cfg = (
+        (0, 0, 0),
+        (k - 1 - pt, h + pt - s * (oh - 1) - 1, s - 1),
+        (k - 1 - pl, w + pl - s * (ow - 1) - 1, s - 1),
+        (0, 0, 0),
+    )
+    gdp = jax.lax.pad(g, jnp.zeros((), g.dtype), cfg)  # b (h + k - 1) (w + k - 1) c
+    dx = _depthwise_taps(gdp, kernel[::-1, ::-1], (h, w), 1)  # b h w c
+    phases = _phases(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), s)  # s s b H/s W/s c
+    b, c = x.shape[0], x.shape[-1]
+    g32 = g.astype(jnp.float32)
+
+    def tap(i, j):
+        start = (i % s, j % s, 0, i // s, j // s, 0)
+        xs = jax.lax.dynamic_slice(phases, start, (1, 1, b, oh, ow, c))[0, 0]  # b oh ow c
+        return jnp.sum(xs * g32, (0, 1, 2))  # c
+
+    dk = _tap_loop(tap, k, k, (1, c), jnp.float32)  # k k 1 c
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+depthwise_conv2d.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 class PointwiseConv(nn.Module):
@@ -262,35 +394,26 @@ def _kernel_grad(x, g, kernel_hw, stride: int, padding):
     (pt, pb), (pl, pr) = padding
     b, oh, ow, co = g.shape
     ci = x.shape[-1]
-    g2 = g.reshape(-1, co)  # (b oh ow) o
     if stride == 1:
         # Shift the (smaller) gradient instead of the input, so the input is read contiguously.
         x2 = x.reshape(-1, ci)  # (b h w) c
         h, w = x.shape[1:3]
-        gp = jnp.pad(g, ((0, 0), (kh, kh), (kw, kw), (0, 0)))
-        taps = [
-            [
-                x2.T @ gp[:, kh + pt - i : kh + pt - i + h, kw + pl - j : kw + pl - j + w].reshape(-1, co)
-                for j in range(kw)
-            ]
-            for i in range(kh)
-        ]
+        gp = jnp.pad(g, ((0, 0), (kh, kh), (kw, kw), (0, 0)))  # b (h + 2 kh) (w + 2 kw) o
+
+        def tap(i, j):
+            gs = jax.lax.dynamic_slice(gp, (0, kh + pt - i, kw + pl - j, 0), (b, h, w, co))  # b h w o
+            return x2.T @ gs.reshape(-1, co)  # c o
+
     else:
-        xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        taps = [
-            [
-                jax.lax.dot_general(
-                    xp[
-                        :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
-                    ].reshape(-1, ci),
-                    g2,
-                    (((0,), (0,)), ((), ())),
-                )
-                for j in range(kw)
-            ]
-            for i in range(kh)
-        ]
-    return jnp.stack([jnp.stack(row) for row in taps])  # kh kw c o
+        g2 = g.reshape(-1, co)  # (b oh ow) o
+        phases = _phases(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), stride)  # s s b H/s W/s c
+
+        def tap(i, j):
+            start = (i % stride, j % stride, 0, i // stride, j // stride, 0)
+            xs = jax.lax.dynamic_slice(phases, start, (1, 1, b, oh, ow, ci))  # 1 1 b oh ow c
+            return jax.lax.dot_general(xs.reshape(-1, ci), g2, (((0,), (0,)), ((), ())))  # c o
+
+    return _tap_loop(tap, kh, kw, (ci, co), g.dtype)  # kh kw c o
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
