@@ -41,6 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(xbound=(-24.0, 24.0, 0.75), ybound=(-24.0, 24.0, 0.75), zbound=(-10.0, 10.0, 20.0))
     )
 
+    # The model's inputs, whatever the dataset: camera channels (in order) and the network's image size (the
+    # world renders at this size; nuScenes images are resized to it by the augmentation).
+    c.inputs = ml_collections.ConfigDict(dict(cameras=NUSCENES_CAMERAS, image_hw=(64, 192)))
+
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "world"  # or "nuscenes" (a dataroot, prepared on first use: see c.data.nuscenes)
     c.data.data_dir = ""  # default: $BEVJAX_DATA_DIR or ~/bevjax_data
@@ -53,18 +57,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.world = ml_collections.ConfigDict(
         dict(
             seed=0,
-            cameras=NUSCENES_CAMERAS,
-            image_hw=(64, 192),
             frames_per_sequence=40,
             lidar_beams=8,
             lidar_azimuths=256,
         )
     )
 
-    # nuScenes (dataset "nuscenes"): data.world.cameras and image_hw also pick its channels and network size.
+    # nuScenes (dataset "nuscenes"): inputs.cameras picks its channels; image_hw here is the stored size.
     c.data.nuscenes = ml_collections.ConfigDict(
         dict(dataroot="", config="keyframes", image_hw=(900, 1600), num_points=35_000, num_sweeps=0, workers=0)
     )
+
+    # Argoverse 2 (dataset "av2": LiDAR sweep pairs, no camera images), prepared on first use from root.
+    c.data.av2 = ml_collections.ConfigDict(dict(root="", config="default", num_points=120_000, stride=1, workers=0))
 
     c.model = ml_collections.ConfigDict()
     c.model.classes = BEV_CLASSES
@@ -96,10 +101,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             warmup_steps=0,
             power=0.9,
             min_lr=0.0,
+            groups=(),  # ((regex on parameter paths, lr scale; 0 freezes), ...)
+            no_decay="",  # regex of parameters without weight decay, e.g. "(bias|scale)$"
         )
     )
     c.train = ml_collections.ConfigDict(
-        dict(batch_size=4, steps=400, log_every=25, checkpoint_every=100, eval_every=0, keep_checkpoints=2)
+        dict(
+            batch_size=4,
+            steps=400,
+            log_every=25,
+            checkpoint_every=100,
+            eval_every=0,
+            keep_checkpoints=2,
+            accumulate=1,  # micro-batches per step (gradient accumulation): batch_size / accumulate at a time
+            nan_at_step=0,  # > 0: make that step's parameters and loss NaN (tests the non-finite stop)
+        )
+    )
+    # Devices: a (data, fsdp) mesh; -1 = the remaining devices. Parameters are sharded over fsdp.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=(), min_shard_size=2**14))
+    # Start from an earlier run's variables: its workdir, step (-1: the latest) and ((source path prefix, target
+    # path prefix), ...) over the saved state (params/..., model_state/batch_stats/...).
+    c.init_from = ml_collections.ConfigDict(
+        dict(workdir="", step=-1, mapping=(("params", "params"), ("model_state", "model_state")))
     )
     c.eval = ml_collections.ConfigDict(
         dict(batch_size=4, threshold=0.0, visible_only=False, max_examples=0, picture_index=0)
@@ -107,8 +130,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if variant == "tiny":
         c.grid.xbound, c.grid.ybound = (-16.0, 16.0, 1.0), (-16.0, 16.0, 1.0)
-        c.data.world.cameras = ("CAM_FRONT", "CAM_BACK")
-        c.data.world.image_hw = (32, 96)
+        c.inputs.cameras = ("CAM_FRONT", "CAM_BACK")
+        c.inputs.image_hw = (32, 96)
         c.data.world.frames_per_sequence = 4
         c.data.world.lidar_beams, c.data.world.lidar_azimuths = 2, 64
         c.data.train_sequences, c.data.val_sequences = 1, 1
@@ -124,7 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.loss.object_pos_weight = 2.13  # LSS
         c.data.dataset = "nuscenes"
         c.data.train_split, c.data.eval_split = "train", "val"
-        c.data.world.image_hw = (128, 352)
+        c.inputs.image_hw = (128, 352)
         c.data.worker_count, c.data.nuscenes.workers = 4, 8
         c.augment.resize_lim = (0.193, 0.225)  # LSS, of the 1600 x 900 images
         c.augment.bot_pct_lim = (0.0, 0.22)
@@ -137,7 +160,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "full":
         c.grid.xbound, c.grid.ybound = (-50.0, 50.0, 0.5), (-50.0, 50.0, 0.5)
         c.loss.object_pos_weight = 2.13  # LSS
-        c.data.world.image_hw = (128, 352)
+        c.inputs.image_hw = (128, 352)
         c.data.world.lidar_beams, c.data.world.lidar_azimuths = 32, 1024
         c.data.domains = ("boston", "singapore")
         c.data.train_sequences, c.data.val_sequences = 40, 5

@@ -168,7 +168,7 @@ def test_killed_run_resumes_to_identical_parameters(tiny_run, tmp_path, data_dir
 def test_config_variants_and_errors():
     for variant in ("default", "tiny", "full", "nuscenes"):
         c = lss_config.get_config(variant)
-        assert c.data.world.image_hw[0] % 32 == 0 and c.data.world.image_hw[1] % 32 == 0
+        assert c.inputs.image_hw[0] % 32 == 0 and c.inputs.image_hw[1] % 32 == 0
         for lo, hi, res in (c.grid.xbound, c.grid.ybound):  # the BEV encoder halves the grid three times
             assert round((hi - lo) / res) % 8 == 0, variant
     assert lss_config.get_config("full").grid.xbound == (-50.0, 50.0, 0.5)

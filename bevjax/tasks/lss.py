@@ -1,7 +1,7 @@
 """The LSS task: BEV semantic segmentation from cameras, trained with BCE, evaluated with IoU per class.
 
-It tells the generic trainer how to build the model, read and augment the data, compute the loss and the
-evaluation counts, and draw the prediction picture.
+It tells the generic trainer (through the protocol of :mod:`bevjax.tasks.base`) how to build the model, read
+and augment the data, compute the loss and the evaluation counts, and draw the prediction picture.
 """
 
 from __future__ import annotations
@@ -19,15 +19,44 @@ from bevjax.data.pipeline import make_dataset
 from bevjax.geometry.grid import BEVGrid
 from bevjax.losses import bce_with_logits
 from bevjax.metrics import confusion_counts
+from bevjax.metrics.iou import IoUAccumulator
 from bevjax.models.lss import LSS, LSSGeometry
 from bevjax.schema import BEV_CLASS_ID
+from bevjax.tasks.base import SupervisedTask
 from bevjax.viz import camera_mosaic, colorize_bev, fit_height, labelled, stack_rows
 
 MODEL_KEYS = ("images", "intrinsics", "cam_to_ego", "post_rots", "post_trans")
 TARGET_KEYS = ("bev_labels", "bev_visibility")
 
 
-class LSSTask:
+def open_split(config: ml_collections.ConfigDict, grid: BEVGrid, split: str):
+    """One split of the run's dataset (``config.data``) for the model inputs of ``config.inputs``."""
+    inputs = config.inputs
+    sources = open_splits(
+        config.data, grid, [split], cameras=tuple(inputs.cameras), image_hw=tuple(inputs.image_hw)
+    )
+    return sources[split]
+
+
+class IoUEvaluator:
+    """IoU per class of thresholded logits over an evaluation pass (TP/FP/FN summed over the whole split)."""
+
+    def __init__(self, task: LSSTask):
+        self.task = task
+        self.accumulator = IoUAccumulator(task.classes)
+        self.title = f"IoU per class on {{split}} (threshold: logit > {task.config.eval.threshold})"
+
+    def update(self, variables, batch: dict, valid: np.ndarray) -> None:
+        self.accumulator.update(self.task.eval_counts(variables, batch, valid))
+
+    def result(self) -> dict[str, float]:
+        return self.accumulator.result()
+
+    def table(self) -> str:
+        return self.accumulator.table()
+
+
+class LSSTask(SupervisedTask):
     """Builds everything task-specific from ``config`` (see ``configs/lss.py``)."""
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -41,7 +70,7 @@ class LSSTask:
         m = config.model
         self.model = LSS(
             num_classes=len(self.classes),
-            geometry=LSSGeometry(tuple(config.data.world.image_hw), m.stride, tuple(m.dbound), self.grid),
+            geometry=LSSGeometry(tuple(config.inputs.image_hw), m.stride, tuple(m.dbound), self.grid),
             context_channels=m.context_channels,
             drop_connect_rate=m.drop_connect_rate,
             trunk_depth=m.trunk_depth,
@@ -63,16 +92,16 @@ class LSSTask:
 
     def train_dataset(self, seed: int, batch_size: int, process_index: int, process_count: int):
         c = self.config
-        source = open_splits(c.data, self.grid, [c.data.train_split])[c.data.train_split]
+        source = open_split(c, self.grid, c.data.train_split)
         a = c.augment
         transforms = []
-        if a.num_cameras and a.num_cameras < len(c.data.world.cameras):
+        if a.num_cameras and a.num_cameras < len(c.inputs.cameras):
             transforms.append(T.SelectCameras(num=a.num_cameras, train=True))
         if a.bev_flip:
             transforms.append(T.BEVFlip(p=0.5, grid=self.grid))
         transforms.append(
             T.ImageAug(
-                final_hw=tuple(c.data.world.image_hw),
+                final_hw=tuple(c.inputs.image_hw),
                 resize_lim=tuple(a.resize_lim),
                 bot_pct_lim=tuple(a.bot_pct_lim),
                 rot_lim_deg=tuple(a.rot_lim_deg),
@@ -94,14 +123,13 @@ class LSSTask:
         )
 
     def eval_source(self):
-        c = self.config
-        return open_splits(c.data, self.grid, [c.data.eval_split])[c.data.eval_split]
+        return open_split(self.config, self.grid, self.config.data.eval_split)
 
     def eval_example(self, example: dict) -> dict:
         """An evaluation example: all cameras, test-time image transform (identity at the stored size)."""
         c = self.config
         aug = T.ImageAug(
-            final_hw=tuple(c.data.world.image_hw), bot_pct_lim=tuple(c.augment.bot_pct_lim), train=False
+            final_hw=tuple(c.inputs.image_hw), bot_pct_lim=tuple(c.augment.bot_pct_lim), train=False
         )
         return self._select(aug.random_map(example, np.random.default_rng(0)))
 
@@ -112,10 +140,10 @@ class LSSTask:
     def targets(self, batch: dict) -> jnp.ndarray:
         return jnp.take(batch["bev_labels"], jnp.asarray(self.class_index), axis=-1)  # b x y k
 
-    def loss_fn(self, params, batch_stats, batch, rng):
+    def loss_fn(self, params, model_state, batch, rng):
         """BCE with ``pos_weight`` over all cells (LSS), optionally only visible cells."""
         (logits, _), updates = self.model.apply(
-            {"params": params, "batch_stats": batch_stats},
+            {"params": params, **model_state},
             *(batch[k] for k in MODEL_KEYS),
             train=True,
             rngs={"dropout": rng},
@@ -123,7 +151,7 @@ class LSSTask:
         )
         mask = batch["bev_visibility"][..., None] if self.config.loss.visible_only else None
         loss = bce_with_logits(logits, self.targets(batch), self.pos_weight, mask)
-        return loss, ({"bce": loss}, updates["batch_stats"])
+        return loss, ({"bce": loss}, updates)
 
     @functools.cached_property
     def predict(self):
@@ -143,6 +171,9 @@ class LSSTask:
             mask = mask * batch["bev_visibility"]
         return np.asarray(confusion_counts(logits, self.targets(batch), self.config.eval.threshold, mask))
 
+    def evaluators(self) -> list[IoUEvaluator]:
+        return [IoUEvaluator(self)]
+
     def picture(self, variables, example: dict) -> np.ndarray:
         """Cameras, predicted BEV and ground truth of one example as an RGB array."""
         batch = jax.tree.map(lambda x: np.asarray(x)[None], self._select(example))
@@ -151,7 +182,7 @@ class LSSTask:
         full[..., self.class_index] = logits > self.config.eval.threshold
         truth = np.zeros_like(full)
         truth[..., self.class_index] = example["bev_labels"][..., self.class_index]
-        names = list(self.config.data.world.cameras)
+        names = list(self.config.inputs.cameras)
         cams = camera_mosaic(example["images"], names=names if len(names) == len(example["images"]) else None)
         size = max(cams.shape[1] // 2 - 4, 64)
         pred = labelled(fit_height(colorize_bev(full), size), "prediction")

@@ -1,74 +1,38 @@
-"""The train / evaluate loop shared by every method: ``train_and_evaluate(config, workdir)``.
+"""The train / evaluate loop shared by every task: ``train_and_evaluate(config, workdir)``, ``evaluate(...)``.
 
-A task object (``bevjax.tasks``) supplies the model, data, loss and evaluation; this module owns the mesh, the
-compiled step, checkpoints (with the data-iterator state, so a killed run resumes exactly), logging, periodic
-evaluation and the final report (IoU table, ``eval.json``, a picture).
+A task (:mod:`bevjax.tasks`, protocol in :mod:`bevjax.tasks.base`) owns its model, data, state, step, optimiser
+and evaluation. This module owns the rest, once for all tasks: the device mesh and the state's shardings, the
+state set-up (``config.init_from`` included), the jit-compiled donated step with its rng folded with the step,
+checkpoints with the data-iterator state (a killed run resumes exactly), logging, periodic evaluation, the
+non-finite stop and the final report (the evaluators' tables, ``eval.json``, the task's picture).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from bevjax.data.pipeline import make_iterator
-from bevjax.metrics import IoUAccumulator
+from bevjax.tasks import make_task
 from bevjax.training.checkpoint import Checkpointer
+from bevjax.training.evaluation import evaluate_variables, finish, stack_examples
 from bevjax.training.logging import MetricLogger
-from bevjax.training.optim import make_optimizer, make_schedule
-from bevjax.training.sharding import check_batch_size, make_mesh, replicate, shard_batch
-from bevjax.training.state import check_finite, create_train_state, make_train_step
-from bevjax.viz import save_png
-
-TASKS = {"lss": "bevjax.tasks.lss:LSSTask"}
-
-
-def make_task(config: ml_collections.ConfigDict):
-    """The task object named by ``config.task``."""
-    if config.task not in TASKS:
-        raise ValueError(f"config.task='{config.task}': choose from {sorted(TASKS)}")
-    module, name = TASKS[config.task].split(":")
-    return getattr(importlib.import_module(module), name)(config)
-
-
-def _stack(examples: list[dict]) -> dict:
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-
-
-def eval_batches(task, batch_size: int, max_examples: int = 0, source=None):
-    """Yields (local batch, valid [b]) over the evaluation split (or ``source``) in order.
-
-    ``batch_size`` is global: each process reads its own slice of every batch (``shard_batch`` assembles the
-    global array) while ``valid`` covers the global batch; the last batch is padded with valid = 0.
-    """
-    source = task.eval_source() if source is None else source
-    n = len(source) if not max_examples else min(len(source), max_examples)
-    local = batch_size // jax.process_count()
-    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(start + batch_size, n)))
-        valid = np.array([1] * len(idx) + [0] * (batch_size - len(idx)), np.float32)
-        idx += [idx[-1]] * (batch_size - len(idx))
-        yield _stack([task.eval_example(source[i]) for i in idx[mine]]), valid
-
-
-def evaluate_state(
-    task, variables: dict, config: ml_collections.ConfigDict, mesh, source=None
-) -> IoUAccumulator:
-    """IoU per class over the evaluation split (or ``source``: any sequence of schema examples)."""
-    acc = IoUAccumulator(task.classes)
-    for batch, valid in eval_batches(task, config.eval.batch_size, config.eval.max_examples, source):
-        acc.update(task.eval_counts(variables, shard_batch(batch, mesh), valid))
-    return acc
-
-
-def _variables(state) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}
+from bevjax.training.optim import make_schedule
+from bevjax.training.sharding import (
+    batch_sharding,
+    check_batch_size,
+    describe,
+    mesh_from_config,
+    place,
+    replicated,
+    shard_batch,
+    state_shardings,
+)
+from bevjax.training.state import TrainState, check_finite
 
 
 def init_variables(task, rng: jax.Array, batch: dict) -> dict:
@@ -79,16 +43,105 @@ def init_variables(task, rng: jax.Array, batch: dict) -> dict:
     return lowered.compile(compiler_options=options)(rng, batch)
 
 
+def seed_rngs(seed: int) -> tuple[jax.Array, jax.Array]:
+    """The run's two root keys: for the model's initialisation and for the steps (folded with the step)."""
+    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(seed))
+    return init_rng, step_rng
+
+
+def _apply_init_from(config: ml_collections.ConfigDict, variables: dict) -> dict:
+    """``variables`` with the leaves ``config.init_from`` maps from an earlier run's checkpoint."""
+    src = config.get("init_from", None)
+    if src is None or not src.get("workdir", ""):
+        return variables
+    from bevjax.training.checkpoint import load_params
+
+    step = src.get("step", -1)
+    step = None if step is None or int(step) < 0 else int(step)
+    # The mapping speaks of the saved state's paths (params/..., model_state/batch_stats/...).
+    target = {"params": variables["params"], "model_state": {k: v for k, v in variables.items() if k != "params"}}
+    loaded = load_params(src.workdir, step, target, tuple(tuple(m) for m in src.mapping))
+    return {"params": loaded["params"], **loaded["model_state"]}
+
+
+def initial_state(task, config, mesh, batch: dict, total_steps: int, init_from: bool = True):
+    """The task's state at step 0 placed on ``mesh``, and its shardings.
+
+    ``batch`` (one local batch) gives the input shapes for ``task.init``; ``init_from`` applies
+    ``config.init_from`` (evaluation builds only a template and skips it).
+    """
+    init_rng, _ = seed_rngs(config.seed)
+    variables = init_variables(task, init_rng, batch)
+    if init_from:
+        variables = _apply_init_from(config, variables)
+    state = task.init_state(variables, task.optimizer(total_steps))
+    if not isinstance(state, TrainState):
+        raise TypeError(f"{type(task).__name__}.init_state returned {type(state).__name__}, not a TrainState")
+    shardings = state_shardings(state, mesh, config.get("mesh", None))
+    if jax.process_index() == 0:
+        split = [line for line in describe(shardings).splitlines() if line.startswith("params/")]
+        print(
+            f"mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} over {mesh.devices.size} "
+            f"{jax.default_backend()} device(s); {len(split)} parameter arrays split over fsdp",
+            flush=True,
+        )
+    return place(state, shardings), shardings
+
+
+def compile_step(task, config, mesh, state, shardings, batch):
+    """The task's step compiled once over ``mesh``: ``state, metrics = step(state, batch, rng)``.
+
+    The state keeps its shardings and is donated; the batch is split over the mesh's devices; the task's step
+    sees ``fold_in(rng, state.step)``, so a resumed run draws the same randomness as an uninterrupted one.
+    ``config.train.nan_at_step = k > 0`` makes step k's parameters and loss NaN (to test the non-finite stop).
+    """
+    nan_at = int(config.train.get("nan_at_step", 0))
+
+    def step(state, batch, rng):
+        new, metrics = task.train_step(state, batch, jax.random.fold_in(rng, state.step))
+        if nan_at > 0:
+            hit = state.step + 1 == nan_at
+
+            def poison(x):
+                return jnp.where(hit, jnp.nan, x) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+            new = new.replace(params=jax.tree.map(poison, new.params))
+            metrics = dict(metrics, loss=poison(metrics["loss"]))
+        return new, metrics
+
+    repl = replicated(mesh)
+    jitted = jax.jit(
+        step,
+        in_shardings=(shardings, batch_sharding(mesh), repl),
+        out_shardings=(shardings, repl),
+        donate_argnums=(0,),
+    )
+    t0 = time.time()
+    print("compiling the train step ...", flush=True)
+    compiled = jitted.lower(state, batch, jax.random.PRNGKey(0)).compile()
+    print(f"compiled the train step in {time.time() - t0:.1f}s", flush=True)
+    return compiled
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """``workdir/config.json``, written whole or not at all (write, then rename)."""
+    path = os.path.join(workdir, "config.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), then evaluates.
+    """Trains ``config`` in ``workdir`` (resuming from its latest readable checkpoint), then evaluates.
 
     Returns the final evaluation metrics (also written to ``workdir/eval.json``).
     """
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
     task = make_task(config)
-    mesh = make_mesh()
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        _write_config(config, workdir)
+    mesh = mesh_from_config(config.get("mesh", None))
     tc = config.train
     check_batch_size(tc.batch_size, mesh)
     check_batch_size(config.eval.batch_size, mesh)
@@ -98,12 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"config.data.eval_split '{config.data.eval_split}' has no examples")
     dataset = task.train_dataset(config.seed, local_batch, jax.process_index(), jax.process_count())
     iterator = make_iterator(dataset)
-    tx = make_optimizer(config.optim, tc.steps)
-    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    first = next(make_iterator(dataset))
-    variables = init_variables(task, init_rng, first)
-    state = replicate(create_train_state(variables, tx), mesh)
-    del first, variables
+    first = shard_batch(next(make_iterator(dataset)), mesh)
+    state, shardings = initial_state(task, config, mesh, first, tc.steps)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_checkpoints)
     restored = ckpt.restore(state, iterator)
@@ -112,7 +161,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
     start = int(state.step)
 
-    train_step = make_train_step(task.loss_fn, tx, mesh)
+    train_step = compile_step(task, config, mesh, state, shardings, first)
+    del first
+    _, step_rng = seed_rngs(config.seed)
     logger = MetricLogger(workdir, tc.steps, tensorboard=config.get("tensorboard", True))
     schedule = make_schedule(config.optim, tc.steps)
     t0 = time.time()
@@ -134,81 +185,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if save_now:
             ckpt.save(done, state, iterator)
         if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
-            res = evaluate_state(task, _variables(state), config, mesh).result()
+            res = evaluate_variables(task, task.eval_variables(state), config, mesh)
             logger.write(done, res, prefix="eval")
     if ckpt.latest_step() != tc.steps:  # a finished run that is started again only evaluates
         ckpt.save(tc.steps, state, iterator, force=True)
     ckpt.close()
     print(f"trained {tc.steps - start} steps in {time.time() - t0:.0f}s", flush=True)
-    return finish(task, _variables(state), config, workdir, mesh, int(state.step), logger)
-
-
-def finish(
-    task,
-    variables,
-    config,
-    workdir: str,
-    mesh,
-    step: int,
-    logger: MetricLogger | None = None,
-    source=None,
-    name: str = "",
-) -> dict:
-    """Final evaluation: IoU table on stdout, ``eval.json`` and ``prediction.png`` in ``workdir``.
-
-    ``source`` (with its ``name``, e.g. ``nuscenes/v1.0-mini``) replaces the config's evaluation split; the
-    files are then ``eval_<dataset>.json`` and ``prediction_<dataset>.png``.
-    """
-    split = name or config.data.eval_split
-    suffix = "_" + name.split("/")[0] if name else ""
-    source = task.eval_source() if source is None else source
-    acc = evaluate_state(task, variables, config, mesh, source)
-    res = acc.result()
-    if logger is not None:
-        logger.write(step, res, prefix="eval")
-        logger.close()
-    if jax.process_index() == 0:
-        print(f"\nIoU per class on {split} (threshold: logit > {config.eval.threshold}):")
-        print(acc.table(), flush=True)
-        result_path = os.path.join(workdir, f"eval{suffix}.json")
-        with open(result_path, "w") as f:
-            json.dump({"step": step, "split": split, **res}, f, indent=2)
-        example = task.eval_example(source[min(config.eval.picture_index, len(source) - 1)])
-        path = save_png(task.picture(variables, example), os.path.join(workdir, f"prediction{suffix}.png"))
-        print(f"wrote {result_path} and {path}", flush=True)
-    return res
+    return finish(task, task.eval_variables(state), config, workdir, mesh, int(state.step), logger)
 
 
 def evaluate(
     config: ml_collections.ConfigDict, workdir: str, dataset: str = "world", data_dir: str = ""
 ) -> dict:
-    """Evaluates the latest checkpoint in ``workdir``: IoU table, ``eval.json`` and the picture.
+    """Evaluates the latest readable checkpoint in ``workdir``: the evaluators' tables, ``eval.json``, the picture.
 
     ``dataset='nuscenes'`` evaluates on the keyframes of the nuScenes dataroot ``data_dir`` instead of the
     config's split (writing ``eval_nuscenes.json`` and ``prediction_nuscenes.png``).
     """
     task = make_task(config)
-    mesh = make_mesh()
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(
-            f"no checkpoint in {ckpt.directory}: train first (python -m bevjax.train ...)"
-        )
+    mesh = mesh_from_config(config.get("mesh", None))
+    check_batch_size(config.eval.batch_size, mesh)
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint in {directory}: train first (python -m bevjax.train ...)")
     name = ""
     if dataset == "world":
         source = task.eval_source()
     elif dataset == "nuscenes":
         from bevjax.data.nuscenes.source import NuScenesSource
 
-        source = NuScenesSource(data_dir, task.grid, cameras=tuple(config.data.world.cameras))
+        source = NuScenesSource(data_dir, task.grid, cameras=tuple(config.inputs.cameras))
         name = source.name
     else:
         raise ValueError(f"dataset={dataset!r}: choose from world, nuscenes")
-    first = _stack([task.eval_example(source[0])])
-    variables = init_variables(task, jax.random.PRNGKey(0), first)
-    tx = make_optimizer(config.optim, config.train.steps)
-    template = replicate(create_train_state(variables, tx), mesh)
+    local = config.eval.batch_size // jax.process_count()
+    first = shard_batch(stack_examples([task.eval_example(source[0])] * local), mesh)
+    template, _ = initial_state(task, config, mesh, first, config.train.steps, init_from=False)
+    ckpt = Checkpointer(directory)
     state = ckpt.restore(template)
     ckpt.close()
+    if state is None:
+        raise FileNotFoundError(f"no readable checkpoint in {directory}: train first (python -m bevjax.train ...)")
     print(f"evaluating step {int(state.step)} from {ckpt.directory}", flush=True)
-    return finish(task, _variables(state), config, workdir, mesh, int(state.step), source=source, name=name)
+    return finish(
+        task, task.eval_variables(state), config, workdir, mesh, int(state.step), source=source, name=name
+    )
+
