@@ -19,7 +19,10 @@ size and an augmentation brings them to the network's). Argoverse 2 pairs have n
 nuScenes and Argoverse 2 records carry ``sequence_id`` and ``frame_index``.
 
 Each dataset is one :class:`Dataset` entry; a new one (e.g. generated splits) is a new entry in
-:data:`DATASETS`. Layering: this module builds on the builders and the sources; only the command line
+:data:`DATASETS`. Derived splits (``bevjax_derived``: the outputs of an offline pass over a split of one of these,
+made by :func:`bevjax.training.offline.run_offline_pass`) are not prepared from a run config and have no entry;
+:func:`open_derived_split` opens them and :class:`~bevjax.data.derived.ZipSource` merges them into their source.
+Layering: this module builds on the builders and the sources; only the command line
 (:mod:`bevjax.data.prepare`) and the trainer's tasks import it.
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 
 import ml_collections
 
+from bevjax.data import derived as db
 from bevjax.data import sources
 from bevjax.data import world_builder as wb
 from bevjax.data.av2 import builder as ab
@@ -312,3 +316,31 @@ def open_split(dataset: str, data_dir: str, config, split: str):
     """
     entry = get(dataset)
     return entry.open_split(str(data_dir), entry.builder.resolve_config(str(data_dir), config), split)
+
+
+def open_derived_split(data_dir, config: str | db.DerivedBuilderConfig, split: str | None = None):
+    """A prepared split of ``bevjax_derived`` (the outputs of an offline pass), with no preparing.
+
+    Args:
+      data_dir: the TFDS data dir.
+      config: the :class:`~bevjax.data.derived.DerivedBuilderConfig`, or its name ``<pass>_<hash>`` (reopened
+        from its ``metadata.json``).
+      split: the split (the source split's name); None for the config's one split.
+
+    Returns:
+      A :class:`~bevjax.data.sources.PreparedSplitSource`: record ``i`` holds the outputs of record ``i`` of
+      the source split, as ``{key: array}`` of the config's spec.
+
+    Raises:
+      DatasetNotPreparedError: the pass has not finished (or never ran) in ``data_dir``; SplitNotFoundError;
+        SchemaMismatchError / ConfigMismatchError: the prepared data differs from the config.
+    """
+    data_dir = str(data_dir)
+    cfg = db.BevjaxDerived.resolve_config(data_dir, config)
+    builder = db.BevjaxDerived(data_dir=data_dir, config=cfg)
+    hint = (
+        f"run the offline pass '{cfg.pass_name}' (bevjax.training.offline.run_offline_pass) over {cfg.source}"
+    )
+    split = cfg.split if split is None else split
+    sources.check_prepared(builder, split, cfg.stored(), cfg, db.METADATA_KEY, hint)
+    return sources.PreparedSplitSource(builder, split, cfg.spec())
