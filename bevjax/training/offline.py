@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -175,8 +174,8 @@ class _Runner:
         local_device = {k: v[self.mine] for k, v in device.items()}
         rows = []
         for j, raw in enumerate(raws):
-            mine = {k: v[j] for k, v in local_device.items()}
-            rows.append({**mine, **self.host_fn(raw, mine)})
+            outputs = {k: v[j] for k, v in local_device.items()}
+            rows.append({**outputs, **self.host_fn(raw, outputs)})
         stacked = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in self.spec if k in rows[0]}
         local = _check_outputs(stacked, self.spec, len(raws), "fn / host_fn")
         gathered = multihost_utils.process_allgather(local, tiled=True)
@@ -228,7 +227,7 @@ def run_offline_pass(
         config's name, so that another model or threshold writes elsewhere.
       mesh: the device mesh (default all devices, batch split over them).
       variables_sharding: sharding of ``variables`` (a sharding or a matching pytree); default replicated.
-      batch_size: the global batch size, divisible by the mesh's batch devices and the processes.
+      batch_size: the global batch size, divisible by the processes and, with ``fn``, the mesh's batch devices.
       chunk_size: examples per chunk file, a multiple of ``batch_size`` (default the multiple next to 256).
       keep_chunks: keep the work folder of chunks after the split is written (default: removed).
       max_chunks: stop after computing this many chunks (the rest is computed by the next run).
@@ -262,7 +261,10 @@ def run_offline_pass(
     mesh = make_mesh() if mesh is None else mesh
     if batch_size < 1:
         raise ValueError(f"offline pass '{name}': batch_size={batch_size} must be positive")
-    check_batch_size(batch_size, mesh)
+    if fn is not None:
+        check_batch_size(batch_size, mesh)
+    elif batch_size % jax.process_count():
+        raise ValueError(f"batch_size={batch_size} must divide over the {jax.process_count()} processes")
     if chunk_size is None:
         chunk_size = batch_size * math.ceil(DEFAULT_CHUNK_EXAMPLES / batch_size)
     if chunk_size < 1 or chunk_size % batch_size:
@@ -275,11 +277,9 @@ def run_offline_pass(
     if is_main:
         _open_work_dir(chunks_dir, cfg, chunk_size)
     # Process 0 decides what is finished, so that every process computes the same chunks.
-    done = (
-        np.array([derived.chunk_path(chunks_dir, k).exists() for k in range(num_chunks)])
-        if is_main
-        else (np.zeros(num_chunks, bool))
-    )
+    done = np.zeros(num_chunks, bool)
+    if is_main:
+        done[:] = [derived.chunk_path(chunks_dir, k).exists() for k in range(num_chunks)]
     done = np.asarray(multihost_utils.broadcast_one_to_all(done), bool)
     finished = sum(min(chunk_size, n - k * chunk_size) for k in range(num_chunks) if done[k])
 
@@ -323,7 +323,7 @@ def run_offline_pass(
     if is_main:
         builder.prepare(progress=progress, chunks_dir=str(chunks_dir), chunk_size=chunk_size)
         if not keep_chunks:
-            shutil.rmtree(chunks_dir, ignore_errors=True)
+            chunks_dir.rmtree()
         print(f"{name}: wrote {n} records to {builder.data_path} (split '{cfg.split}')", flush=True)
     multihost_utils.sync_global_devices(f"offline pass {cfg.name} written")
     return open_derived_split(data_dir, cfg)
