@@ -38,3 +38,26 @@ def test_bev_encoder_shapes_and_batch_stats():
     chex.assert_shape(logits, (2, 32, 24, 5))
     chex.assert_shape(aux["features"], (2, 32, 24, 128))
     assert "batch_stats" in updates
+
+
+def _bev_train_grads(model, variables, x, weights):
+    def loss(params):
+        (logits, _), _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, True, mutable=["batch_stats"]
+        )
+        return (logits * weights).sum(), logits
+
+    return jax.grad(loss, has_aux=True)(variables["params"])
+
+
+def test_bev_encoder_remat_keeps_variables_outputs_and_gradients():
+    """Rematerialised blocks: the same variable tree, and the same logits and gradients (float32 rounding)."""
+    x = np.random.default_rng(1).normal(size=(2, 16, 16, 8)).astype(np.float32)
+    x[:, :, :6] = 0  # empty BEV cells, as after splatting
+    weights = np.random.default_rng(2).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    variables = BevEncoder(3).init(jax.random.PRNGKey(0), x, False)
+    shapes = jax.eval_shape(lambda: BevEncoder(3, remat="blocks").init(jax.random.PRNGKey(0), x, False))
+    chex.assert_trees_all_equal_shapes_and_dtypes(shapes, variables)
+    models = (BevEncoder(3, remat="blocks"), BevEncoder(3))
+    got, want = (jax.jit(lambda v, m=m: _bev_train_grads(m, v, x, weights))(variables) for m in models)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)

@@ -54,7 +54,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bevjax.models.layers import DepthwiseConv, PointwiseConv
+from bevjax.models.layers import DepthwiseConv, PointwiseConv, check_remat, remat_module
 
 # efficientnet_pytorch GlobalParams for B0.
 BN_MOMENTUM = 0.99  # flax convention (PyTorch momentum 0.01).
@@ -269,12 +269,16 @@ class EfficientNetB0(nn.Module):
         dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
         depth_coefficient: blocks per stage ``ceil(depth_coefficient * repeats)``; 1.0 is B0 (the only depth
             whose standard weights convert).
+        remat: ``'blocks'`` (or ``'full'``) rematerialises each MBConv block (``flax.linen.remat``): only the
+            block inputs are kept for the backward pass, which recomputes the rest of each block. ``'none'``
+            keeps everything. Variables do not depend on it.
     """
 
     include_head: bool = False
     drop_connect_rate: float = DROP_CONNECT_RATE
     dtype: Any = jnp.float32
     depth_coefficient: float = 1.0
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
@@ -306,10 +310,12 @@ class EfficientNetB0(nn.Module):
         )(x)  # [b h/2 w/2 32]
         x = nn.swish(bn("stem_bn")(x))
 
+        # train is argument 2 of MBConvBlock.__call__ (self is 0): static, so Python branches on it still work.
+        block = remat_module(MBConvBlock, check_remat(self.remat) != "none", static_argnums=(2,))
         endpoints: dict[str, jax.Array] = {}
         for i, cfg in enumerate(blocks):
             rate = self.drop_connect_rate * i / len(blocks)
-            x = MBConvBlock(cfg, drop_connect_rate=rate, dtype=self.dtype, name=f"block_{i}")(x, train)
+            x = block(cfg, drop_connect_rate=rate, dtype=self.dtype, name=f"block_{i}")(x, train)
             if i in endpoints_at:
                 endpoints[f"reduction_{len(endpoints) + 1}"] = x
 
