@@ -123,7 +123,8 @@ class LSS(nn.Module):
             block, ``Up`` stage and BEV ResNet block and recomputes their insides; ``'full'`` also
             rematerialises the camera encoder and the BEV encoder as wholes (policy ``nothing_saveable``), so
             that the backward pass of one never holds the other's activations. Variables, outputs and gradients
-            are the same for all three.
+            are the same for all three. On XLA:CPU neither lowers the peak memory (its scheduler runs the
+            recomputation during the forward pass; see ``benchmarks/bench_lss.py``), so keep ``'none'`` there.
     """
 
     num_classes: int
