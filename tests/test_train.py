@@ -130,7 +130,7 @@ def test_tiny_config_trains_on_real_nuscenes(tmp_path, data_dir):
         "--config.data.eval_split=night_train",
     ]
     result = _cli("train", tmp_path, data_dir, *nusc, "--config.train.steps=2", check=False)
-    assert "preparing nuScenes dataset custom_" in result.stdout  # first use
+    assert "preparing bevjax_nuscenes/custom_" in result.stdout  # first use
     assert result.returncode != 0 and "eval_split 'night_train' has no examples" in result.stderr  # before training
     assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
     out = _run(tmp_path, data_dir, *nusc[:-1], "--config.data.eval_split=singapore_train", "--config.train.steps=2")

@@ -67,8 +67,9 @@ def _apply_init_from(config: ml_collections.ConfigDict, variables: dict) -> dict
 def initial_state(task, config, mesh, batch: dict, total_steps: int, init_from: bool = True):
     """The task's state at step 0 placed on ``mesh``, and its shardings.
 
-    ``batch`` (one local batch) gives the input shapes for ``task.init``; ``init_from`` applies
-    ``config.init_from`` (evaluation builds only a template and skips it).
+    ``batch`` (this process's batch, NumPy) gives the input shapes for ``task.init``, which every process runs
+    on its own first device (no collective: processes may differ in what they run before the first step);
+    ``init_from`` applies ``config.init_from`` (evaluation builds only a template and skips it).
     """
     init_rng, _ = seed_rngs(config.seed)
     variables = init_variables(task, init_rng, batch)
@@ -151,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"config.data.eval_split '{config.data.eval_split}' has no examples")
     dataset = task.train_dataset(config.seed, local_batch, jax.process_index(), jax.process_count())
     iterator = make_iterator(dataset)
-    first = shard_batch(next(make_iterator(dataset)), mesh)
+    first = next(make_iterator(dataset))
     state, shardings = initial_state(task, config, mesh, first, tc.steps)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_checkpoints)
@@ -161,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
     start = int(state.step)
 
-    train_step = compile_step(task, config, mesh, state, shardings, first)
+    train_step = compile_step(task, config, mesh, state, shardings, shard_batch(first, mesh))
     del first
     _, step_rng = seed_rngs(config.seed)
     logger = MetricLogger(workdir, tc.steps, tensorboard=config.get("tensorboard", True))
@@ -219,7 +220,7 @@ def evaluate(
     else:
         raise ValueError(f"dataset={dataset!r}: choose from world, nuscenes")
     local = config.eval.batch_size // jax.process_count()
-    first = shard_batch(stack_examples([task.eval_example(source[0])] * local), mesh)
+    first = stack_examples([task.eval_example(source[0])] * local)
     template, _ = initial_state(task, config, mesh, first, config.train.steps, init_from=False)
     ckpt = Checkpointer(directory)
     state = ckpt.restore(template)
