@@ -269,6 +269,13 @@ def _tap_loop(tap, kh: int, kw: int, shape: tuple[int, ...], dtype):
     is alive at a time.
     """
 
+    if jax.process_count() > 1:
+        # Each tap sums over the batch, which is split over the devices: an all-reduce inside the loop. Across
+        # processes XLA:CPU may run such loops and the step's other collectives in a different order in each
+        # process (gloo then fails: "collective mismatch"), so multi-process runs compute the taps unrolled.
+        taps = [tap(i, j).astype(dtype) for i in range(kh) for j in range(kw)]
+        return jnp.stack(taps).reshape(kh, kw, *shape)
+
     def body(t, out):
         i, j = t // kw, t % kw
         return jax.lax.dynamic_update_index_in_dim(out, tap(i, j).astype(dtype)[None], t, 0)
