@@ -78,6 +78,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.context_channels = 64
     c.model.drop_connect_rate = 0.2
     c.model.trunk_depth = 1.0  # EfficientNet depth coefficient: 1.0 is B0
+    # Rematerialisation ('none' | 'blocks' | 'full'): on XLA:CPU it lowers no peak and costs 17-19 % step time
+    # (python benchmarks/bench_lss.py --remat), so 'none'; on accelerators 'blocks' is the one to try.
+    c.model.remat = "none"
+    c.model.dtype = "float32"  # computation dtype; "bfloat16" on accelerators (parameters stay float32)
 
     c.augment = ml_collections.ConfigDict()
     c.augment.num_cameras = 5  # LSS drops one of six cameras at random in training

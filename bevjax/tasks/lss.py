@@ -74,6 +74,8 @@ class LSSTask(SupervisedTask):
             context_channels=m.context_channels,
             drop_connect_rate=m.drop_connect_rate,
             trunk_depth=m.trunk_depth,
+            remat=m.get("remat", "none"),
+            dtype=jnp.dtype(m.get("dtype", "float32")),
         )
 
     @property
