@@ -69,6 +69,29 @@ def flops_of(jitted, *args) -> float:
     return float(cost.get("flops", float("nan")))
 
 
+def lss_train_step(model, tx):
+    """``(params, batch_stats, opt_state, inputs, labels) -> (params, batch_stats, opt_state, loss)``: one LSS
+    step (BCE with pos_weight 2.13, dropout on) with the optimiser ``tx``, not yet jitted."""
+    import jax
+    import optax
+
+    from bevjax.losses import bce_with_logits
+
+    def step(params, batch_stats, opt_state, x, y):
+        def loss_fn(p):
+            (logits, _), upd = model.apply(
+                {"params": p, "batch_stats": batch_stats}, *x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+                mutable=["batch_stats"],
+            )  # fmt: skip
+            return bce_with_logits(logits, y, 2.13), upd["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, loss
+
+    return step
+
+
 def remat_step(args) -> dict:
     """One ``--remat`` setting in this process: compile and time a donated train step, measure peak RSS."""
     import jax
@@ -77,7 +100,6 @@ def remat_step(args) -> dict:
     import optax
 
     from bevjax.geometry import BEVGrid
-    from bevjax.losses import bce_with_logits
     from bevjax.models.lss import LSS, LSSGeometry
     from bevjax.schema import NUSCENES_CAMERAS
     from bevjax.world.rig import camera_rig
@@ -100,17 +122,7 @@ def remat_step(args) -> dict:
     params, stats = variables["params"], variables["batch_stats"]
     opt_state = tx.init(params)
 
-    def step(params, batch_stats, opt_state, x, y):
-        def loss_fn(p):
-            (logits, _), upd = model.apply(
-                {"params": p, "batch_stats": batch_stats}, *x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
-                mutable=["batch_stats"],
-            )  # fmt: skip
-            return bce_with_logits(logits, y, 2.13), upd["batch_stats"]
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
+    step = lss_train_step(model, tx)
 
     compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, stats, opt_state, x, labels).compile()
     mem = compiled.memory_analysis()
@@ -160,7 +172,6 @@ def run(args) -> None:
 
     from bevjax.geometry import BEVGrid
     from bevjax.geometry.frustum import create_frustum, frustum_to_ego
-    from bevjax.losses import bce_with_logits
     from bevjax.models.bev_encoder import BevEncoder
     from bevjax.models.lss import LSS, CamEncoder, LSSGeometry, normalize_images
     from bevjax.ops.splat import splat
@@ -189,17 +200,7 @@ def run(args) -> None:
     tx = optax.chain(optax.clip_by_global_norm(5.0), optax.add_decayed_weights(1e-7), optax.adam(1e-3))
     opt_state = tx.init(variables["params"])
 
-    def step(params, batch_stats, opt_state, x, y):
-        def loss_fn(p):
-            (logits, _), upd = model.apply(
-                {"params": p, "batch_stats": batch_stats}, *x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
-                mutable=["batch_stats"],
-            )  # fmt: skip
-            return bce_with_logits(logits, y, 2.13), upd["batch_stats"]
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
+    step = lss_train_step(model, tx)
 
     train_step = jax.jit(step)
     params, stats = variables["params"], variables["batch_stats"]

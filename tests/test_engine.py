@@ -7,46 +7,19 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from tests import toy_task
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli(module, workdir, data_dir, *args, wait=True, check=True, devices=1):
-    """Runs ``python -m bevjax.<module> --config tests/toy_task.py --workdir ...`` (or starts it)."""
-    cmd = [sys.executable, "-m", f"bevjax.{module}", "--config", "tests/toy_task.py", "--workdir", str(workdir)]
-    env = dict(os.environ, BEVJAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu", BEVJAX_HUGE_PAGES="0")
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    if not wait:
-        return subprocess.Popen(
-            cmd + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-    result = subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
+from tests.cli import run_cli, saved_state
 
 
-def _saved_state(workdir, step):
-    """The saved train state as nested dicts of arrays, restored onto this process's first device."""
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    checkpointer = ocp.StandardCheckpointer()
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-        checkpointer.metadata(path).item_metadata.tree,
-    )
-    return checkpointer.restore(path, target)
+def _cli(module, workdir, data_dir, *args, **kw):
+    """``python -m bevjax.<module> --config tests/toy_task.py --workdir ...`` (see :func:`tests.cli.run_cli`)."""
+    return run_cli(module, "tests/toy_task.py", workdir, data_dir, *args, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +61,7 @@ def test_task_protocol_in_process(tmp_path, data_dir, first_run):  # first_run: 
 def test_extra_state_is_saved_and_evaluated(first_run, data_dir):
     workdir, out = first_run
     assert "compiling the train step" in out and "Depth of the EMA teacher on boston_val" in out
-    state = _saved_state(workdir, 6)
+    state = saved_state(workdir, 6)
     assert set(state) >= {"step", "params", "opt_state", "model_state", "extra"}
     ema, params = state["extra"]["ema"], state["params"]
     assert set(ema) == {"params", "batch_stats"}
@@ -99,6 +72,9 @@ def test_extra_state_is_saved_and_evaluated(first_run, data_dir):
     os.remove(workdir / "eval.json")
     out = _cli("evaluate", workdir, data_dir).stdout
     assert "evaluating step 6" in out
+    assert json.load(open(workdir / "eval.json")) == trained
+    out = _cli("train", workdir, data_dir).stdout  # a finished run started again only evaluates
+    assert "at step 6" in out and "trained 0 steps" in out and "Depth of the EMA teacher" in out
     assert json.load(open(workdir / "eval.json")) == trained
 
 
@@ -111,7 +87,7 @@ def test_init_from_loads_the_encoder_and_a_frozen_group_keeps_it(first_run, data
         "--config.train.steps=2",
     ]
     _cli("train", tmp_path / "b", data_dir, *args)
-    a, b = _saved_state(source, 6)["params"], _saved_state(tmp_path / "b", 2)["params"]
+    a, b = saved_state(source, 6)["params"], saved_state(tmp_path / "b", 2)["params"]
     jax.tree.map(np.testing.assert_array_equal, b["encoder"], a["encoder"])  # loaded, then frozen
     assert not np.array_equal(b["head"]["kernel"], a["head"]["kernel"])
     bad = args[:1] + ["--config.init_from.mapping=(('params/nothing', 'params/encoder'),)"]
@@ -132,7 +108,7 @@ def test_killed_run_resumes_bit_identically_with_its_ema(first_run, data_dir, tm
     assert killed, "the run ended before it could be killed"
     out = _cli("train", tmp_path, data_dir).stdout
     assert "resumed from" in out
-    want, got = _saved_state(reference, 6), _saved_state(tmp_path, 6)
+    want, got = saved_state(reference, 6), saved_state(tmp_path, 6)
     for key in ("params", "extra", "model_state", "opt_state"):
         jax.tree.map(np.testing.assert_array_equal, got[key], want[key])
 
@@ -147,7 +123,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(first_run, dat
     assert "at step 2" in out
     reference, _ = first_run
     jax.tree.map(
-        np.testing.assert_array_equal, _saved_state(tmp_path, 6)["params"], _saved_state(reference, 6)["params"]
+        np.testing.assert_array_equal, saved_state(tmp_path, 6)["params"], saved_state(reference, 6)["params"]
     )
 
 
@@ -168,7 +144,7 @@ def test_unreadable_newest_checkpoint_is_skipped_and_kept(first_run, data_dir, t
     assert "at step 2" in result.stdout
     assert (workdir / "checkpoints" / "unreadable" / "4" / "state").is_dir()  # kept, out of the way
     jax.tree.map(
-        np.testing.assert_array_equal, _saved_state(workdir, 6)["params"], _saved_state(reference, 6)["params"]
+        np.testing.assert_array_equal, saved_state(workdir, 6)["params"], saved_state(reference, 6)["params"]
     )
 
 
@@ -180,6 +156,6 @@ def test_fsdp_mesh_trains_like_one_device(first_run, data_dir, tmp_path):
     fsdp = ["--config.mesh.fsdp=2", "--config.mesh.min_shard_size=64"]
     out = _cli("train", tmp_path / "eight", data_dir, *args, *fsdp, devices=8).stdout
     assert "mesh data=4 x fsdp=2 over 8 cpu device(s)" in out
-    one, eight = _saved_state(tmp_path / "one", 2), _saved_state(tmp_path / "eight", 2)
+    one, eight = saved_state(tmp_path / "one", 2), saved_state(tmp_path / "eight", 2)
     for key in ("params", "extra"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), eight[key], one[key])

@@ -1,44 +1,25 @@
-"""End to end: the tiny LSS config trains, evaluates, writes its report, and resumes exactly after SIGKILL."""
+"""End to end: the tiny LSS config trains, evaluates and writes its report, on the world and on real nuScenes, in
+one process and in two. (Resuming after SIGKILL, a finished run started again and the other promises of the
+engine are tested for every task in test_engine.py.)"""
 
 import importlib.util
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.cli import ROOT, run_cli, saved_state
+
 _spec = importlib.util.spec_from_file_location("lss_config", os.path.join(ROOT, "configs", "lss.py"))
 lss_config = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lss_config)
 
 
-def _cli(module, workdir, data_dir, *args, wait=True, check=True):
-    """Runs ``python -m bevjax.<module> --config configs/lss.py:tiny --workdir ...`` (or starts it)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        f"bevjax.{module}",
-        "--config",
-        "configs/lss.py:tiny",
-        "--workdir",
-        str(workdir),
-    ]
-    env = dict(os.environ, BEVJAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu")
-    if not wait:
-        return subprocess.Popen(
-            cmd + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-    result = subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
+def _cli(module, workdir, data_dir, *args, **kw):
+    """``python -m bevjax.<module> --config configs/lss.py:tiny --workdir ...`` (see :func:`tests.cli.run_cli`)."""
+    return run_cli(module, "configs/lss.py:tiny", workdir, data_dir, *args, **kw)
 
 
 def _run(workdir, data_dir, *overrides, wait=True):
@@ -48,14 +29,7 @@ def _run(workdir, data_dir, *overrides, wait=True):
 
 def _final_params(workdir, step):
     """The saved parameters, restored onto this process's first device (whatever devices saved them)."""
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    checkpointer = ocp.StandardCheckpointer()
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-        checkpointer.metadata(path).item_metadata.tree,
-    )
-    return checkpointer.restore(path, target)["params"]
+    return saved_state(workdir, step)["params"]
 
 
 @pytest.fixture(scope="module")
@@ -138,31 +112,6 @@ def test_tiny_config_trains_on_real_nuscenes(tmp_path, data_dir):
     result = json.load(open(tmp_path / "eval.json"))
     assert result["step"] == 2 and result["split"] == "singapore_train"
     assert (tmp_path / "prediction.png").stat().st_size > 1000
-    # Started again when finished: it resumes at the last step and only evaluates.
-    out = _run(tmp_path, data_dir, *nusc[:-1], "--config.data.eval_split=singapore_train", "--config.train.steps=2")
-    assert "resumed from" in out and "at step 2" in out and "IoU per class on singapore_train" in out
-
-
-def test_killed_run_resumes_to_identical_parameters(tiny_run, tmp_path, data_dir):
-    reference_dir, _ = tiny_run
-    workdir = tmp_path / "killed"
-    proc = _run(workdir, data_dir, "--config.train.steps=8", "--config.train.checkpoint_every=2", wait=False)
-    ckpts = workdir / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        done = [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
-        if any(int(p.name) >= 4 for p in done):
-            break
-        time.sleep(0.2)
-    killed = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    out = _run(workdir, data_dir, "--config.train.steps=8", "--config.train.checkpoint_every=2")
-    if killed:
-        assert "resumed from" in out
-    want, got = _final_params(reference_dir, 8), _final_params(workdir, 8)
-    jax.tree.map(np.testing.assert_array_equal, got, want)
-    assert killed, "the run finished before it could be killed: nothing was resumed"
 
 
 def test_config_variants_and_errors():
