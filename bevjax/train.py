@@ -1,7 +1,8 @@
 """Train a bevjax model: ``python -m bevjax.train --config configs/lss.py --workdir runs/lss``.
 
 Flags: ``--config`` (an ml_collections config file, ``path.py[:variant]``, with ``--config.a.b=value``
-overrides), ``--workdir`` (checkpoints, metrics, pictures; a rerun resumes), ``--distributed`` (call
+overrides), ``--workdir`` (checkpoints, metrics, pictures; a rerun resumes from the newest readable checkpoint,
+or from ``--restore_step``), ``--distributed`` (call
 ``jax.distributed.initialize()`` first, for multi-process runs on pods and clusters; where the cluster is not
 detected automatically (TPU, Slurm, Open MPI are), also ``--coordinator_address=host:port --num_processes=N
 --process_id=i``). On CPU, processes exchange gradients through gloo.
@@ -19,6 +20,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, pictures).")
+_RESTORE_STEP = flags.DEFINE_integer(
+    "restore_step", None, "Resume from this checkpoint step of the workdir instead of the newest readable one."
+)
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
@@ -37,7 +41,7 @@ def main(argv):
         raise app.UsageError("--coordinator_address, --num_processes and --process_id need --distributed")
     from bevjax.training.trainer import train_and_evaluate
 
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value, restore_step=_RESTORE_STEP.value)
 
 
 if __name__ == "__main__":

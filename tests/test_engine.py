@@ -159,3 +159,19 @@ def test_fsdp_mesh_trains_like_one_device(first_run, data_dir, tmp_path):
     one, eight = saved_state(tmp_path / "one", 2), saved_state(tmp_path / "eight", 2)
     for key in ("params", "extra"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), eight[key], one[key])
+
+
+def test_restore_step_resumes_from_an_older_checkpoint(first_run, data_dir, tmp_path):
+    """--restore_step=2 on a finished run: steps 4 and 6 are moved to checkpoints/superseded/, the run trains
+    again from step 2 and ends where the uninterrupted run ended (resume is exact)."""
+    reference, _ = first_run
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    out = _cli("train", workdir, data_dir, "--restore_step=2").stdout
+    assert "checkpoint step 4 is newer than the restored step 2" in out and "at step 2" in out
+    assert sorted(os.listdir(workdir / "checkpoints" / "superseded")) == ["4", "6"]
+    jax.tree.map(
+        np.testing.assert_array_equal, saved_state(workdir, 6)["extra"], saved_state(reference, 6)["extra"]
+    )
+    result = _cli("train", workdir, data_dir, "--restore_step=9", check=False)
+    assert result.returncode != 0 and "no checkpoint step 9" in result.stderr

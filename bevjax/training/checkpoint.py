@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 _UNREADABLE = "unreadable"  # sub-folder of the checkpoint directory for the steps moved aside
+_SUPERSEDED = "superseded"  # steps newer than an explicitly restored one
 _TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's name for a save that has not been finalised
 
 
@@ -176,9 +177,21 @@ class Checkpointer:
 
     # -- moving steps aside ----------------------------------------------------------------------------------
 
-    def _set_aside(self, name: str) -> str:
-        """Moves ``<directory>/<name>`` into ``<directory>/unreadable/`` (a new name if taken): the new one."""
-        dest_dir = os.path.join(self.directory, _UNREADABLE)
+    def set_aside_after(self, step: int) -> list[str]:
+        """Moves the steps newer than ``step`` into ``<directory>/superseded/`` (a run resumed from an older
+        step writes its own steps in their place), saying so; returns where they went."""
+        moved = []
+        for s in [s for s in self.all_steps() if s > step]:
+            moved.append(self._set_aside(str(s), _SUPERSEDED))
+            print(f"checkpoint step {s} is newer than the restored step {step}: moved to {moved[-1]}", flush=True)
+        if moved:
+            self._reload()
+        return moved
+
+    def _set_aside(self, name: str, folder: str | None = None) -> str:
+        """Moves ``<directory>/<name>`` into ``<directory>/<folder>/`` (default ``unreadable/``; a new name if
+        taken): the new one."""
+        dest_dir = os.path.join(self.directory, folder or _UNREADABLE)
         dest = os.path.join(dest_dir, name)
         if os.path.exists(dest):
             dest = f"{dest}-{time.strftime('%Y%m%d-%H%M%S')}"

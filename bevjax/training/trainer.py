@@ -133,8 +133,9 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains ``config`` in ``workdir`` (resuming from its latest readable checkpoint), then evaluates.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, restore_step: int | None = None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming from its newest readable checkpoint, or from ``restore_step``),
+    then evaluates.
 
     Returns the final evaluation metrics (also written to ``workdir/eval.json``).
     """
@@ -156,7 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, shardings = initial_state(task, config, mesh, first, tc.steps)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_checkpoints)
-    restored = ckpt.restore(state, iterator)
+    restored = ckpt.restore(state, iterator, step=restore_step)
+    if restore_step is not None:
+        ckpt.set_aside_after(restore_step)
     if restored is not None:
         state = restored
         print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
