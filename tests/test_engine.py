@@ -175,3 +175,17 @@ def test_restore_step_resumes_from_an_older_checkpoint(first_run, data_dir, tmp_
     )
     result = _cli("train", workdir, data_dir, "--restore_step=9", check=False)
     assert result.returncode != 0 and "no checkpoint step 9" in result.stderr
+
+
+def test_another_config_on_a_trained_workdir_names_the_fields(first_run, data_dir, tmp_path):
+    """A model of another size on a trained workdir: the error names the parameter path, both shapes and the
+    config fields that differ from the workdir's config.json, which stays as it was."""
+    reference, _ = first_run
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    before = (workdir / "config.json").read_text()
+    result = _cli("train", workdir, data_dir, "--config.model.features=16", check=False)
+    assert result.returncode != 0
+    assert "params/encoder/Conv_0/kernel" in result.stderr
+    assert "fields that differ: model.features: 8 there, 16 now" in result.stderr
+    assert (workdir / "config.json").read_text() == before

@@ -9,6 +9,7 @@ non-finite stop and the final report (the evaluators' tables, ``eval.json``, the
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -18,7 +19,7 @@ import ml_collections
 
 from bevjax.data.pipeline import make_iterator
 from bevjax.tasks import make_task
-from bevjax.training.checkpoint import Checkpointer
+from bevjax.training.checkpoint import Checkpointer, CheckpointMismatchError
 from bevjax.training.evaluation import evaluate_variables, finish, stack_examples
 from bevjax.training.logging import MetricLogger
 from bevjax.training.optim import make_schedule
@@ -124,6 +125,38 @@ def compile_step(task, config, mesh, state, shardings, batch):
     return compiled
 
 
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def config_differences(config: ml_collections.ConfigDict, workdir: str, limit: int = 12) -> str:
+    """A line naming the fields in which ``config`` differs from the ``config.json`` of ``workdir``'s last run."""
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            before = _flatten(json.load(f))
+    except (OSError, ValueError):
+        return f"({path} is missing or unreadable: the fields that changed cannot be named)"
+    now = _flatten(json.loads(config.to_json_best_effort()))
+    diff = [
+        f"{k}: {before.get(k, '(absent)')!r} there, {now.get(k, '(absent)')!r} now"
+        for k in sorted(set(before) | set(now))
+        if before.get(k) != now.get(k)
+    ]
+    if not diff:
+        return f"the config equals {path}: the checkpoints were written by other code"
+    more = f" and {len(diff) - limit} more" if len(diff) > limit else ""
+    return (
+        f"the workdir was trained with another config ({path}); fields that differ: {'; '.join(diff[:limit])}"
+        f"{more}. Train with those settings, or use another --workdir (config.init_from starts from its weights)"
+    )
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """``workdir/config.json``, written whole or not at all (write, then rename)."""
     path = os.path.join(workdir, "config.json")
@@ -141,8 +174,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, restore_
     """
     task = make_task(config)
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        _write_config(config, workdir)
     mesh = mesh_from_config(config.get("mesh", None))
     tc = config.train
     check_batch_size(tc.batch_size, mesh)
@@ -157,7 +188,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, restore_
     state, shardings = initial_state(task, config, mesh, first, tc.steps)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_checkpoints)
-    restored = ckpt.restore(state, iterator, step=restore_step)
+    try:
+        restored = ckpt.restore(state, iterator, step=restore_step)
+    except CheckpointMismatchError as err:
+        ckpt.close()
+        raise CheckpointMismatchError(f"{err}\n{config_differences(config, workdir)}") from None
+    if jax.process_index() == 0:  # written once the workdir's checkpoints fit this config
+        _write_config(config, workdir)
     if restore_step is not None:
         ckpt.set_aside_after(restore_step)
     if restored is not None:
