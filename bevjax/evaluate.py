@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bevjax.training.host import reexec_with_huge_pages
-from bevjax.training.logging import check_command_line
+from bevjax.training.logging import check_command_line, run_reporting_errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
@@ -21,6 +21,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
 _DATASET = flags.DEFINE_enum("dataset", "world", ["world", "nuscenes"], "Evaluation data.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "With --dataset nuscenes: the dataroot.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of one line.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,7 +31,7 @@ def main(argv):
 
     if _DATASET.value != "world" and not _DATA_DIR.value:
         raise app.UsageError(f"--dataset {_DATASET.value} needs --data_dir")
-    evaluate(_CONFIG.value, _WORKDIR.value, _DATASET.value, _DATA_DIR.value)
+    run_reporting_errors(evaluate, _CONFIG.value, _WORKDIR.value, _DATASET.value, _DATA_DIR.value, debug=_DEBUG.value)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bevjax.training.host import reexec_with_huge_pages
-from bevjax.training.logging import check_command_line
+from bevjax.training.logging import check_command_line, run_reporting_errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
@@ -27,6 +27,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of one line.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,7 +42,8 @@ def main(argv):
         raise app.UsageError("--coordinator_address, --num_processes and --process_id need --distributed")
     from bevjax.training.trainer import train_and_evaluate
 
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value, restore_step=_RESTORE_STEP.value)
+    config, workdir, step = _CONFIG.value, _WORKDIR.value, _RESTORE_STEP.value
+    run_reporting_errors(train_and_evaluate, config, workdir, restore_step=step, debug=_DEBUG.value)
 
 
 if __name__ == "__main__":

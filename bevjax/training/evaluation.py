@@ -4,6 +4,7 @@ tables on the terminal and the task's picture."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import jax
@@ -65,6 +66,10 @@ def evaluate_variables(task, variables, config, mesh, source=None) -> dict:
     return merged_results(run_evaluators(task, variables, config, mesh, source))
 
 
+def _json_number(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def finish(
     task,
     variables,
@@ -94,8 +99,8 @@ def finish(
             print(f"\n{ev.title.format(split=split)}:")
             print(ev.table(), flush=True)
         result_path = os.path.join(workdir, f"eval{suffix}.json")
-        with open(result_path, "w") as f:
-            json.dump({"step": step, "split": split, **res}, f, indent=2)
+        with open(result_path, "w") as f:  # undefined metrics (NaN) as null: strict JSON
+            json.dump({"step": step, "split": split, **{k: _json_number(v) for k, v in res.items()}}, f, indent=2)
         example = task.eval_example(source[min(config.eval.picture_index, len(source) - 1)])
         path = save_png(task.picture(variables, example), os.path.join(workdir, f"prediction{suffix}.png"))
         print(f"wrote {result_path} and {path}", flush=True)

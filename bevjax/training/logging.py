@@ -10,6 +10,24 @@ import jax
 import numpy as np
 
 
+def run_reporting_errors(fn, *args, debug: bool = False, **kwargs):
+    """``fn(*args, **kwargs)``; an error a user can act on (a bad config value, a missing or damaged file or
+    checkpoint, a diverged run: ValueError, OSError, FloatingPointError, CheckpointError) ends the program with
+    ``error: <type>: <message>`` on stderr and exit status 1 (``debug``: the full traceback instead). Anything
+    else keeps its traceback."""
+    import sys
+
+    from bevjax.training.checkpoint import CheckpointError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, OSError, FloatingPointError, CheckpointError) as err:
+        if debug:
+            raise
+        print(f"error: {type(err).__name__}: {err}\n(--debug shows the traceback)", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 def check_command_line(argv) -> None:
     """Common start of the command-line programs: no stray arguments; library INFO/WARNING logs off unless
     ``--verbosity`` is given, so that progress lines stay readable."""
