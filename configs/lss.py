@@ -29,6 +29,7 @@ from __future__ import annotations
 import ml_collections
 
 from bevjax.schema import BEV_CLASSES, NUSCENES_CAMERAS
+from bevjax.training.defaults import add_engine_sections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -112,25 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             no_decay="",  # regex of parameters without weight decay, e.g. "(bias|scale)$"
         )
     )
-    c.train = ml_collections.ConfigDict(
-        dict(
-            batch_size=4,
-            steps=400,
-            log_every=25,
-            checkpoint_every=100,
-            eval_every=0,
-            keep_checkpoints=2,
-            accumulate=1,  # micro-batches per step (gradient accumulation): batch_size / accumulate at a time
-            nan_at_step=0,  # > 0: make that step's parameters and loss NaN (tests the non-finite stop)
-        )
-    )
-    # Devices: a (data, fsdp) mesh; -1 = the remaining devices. Parameters are sharded over fsdp.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=(), min_shard_size=2**14))
-    # Start from an earlier run's variables: its workdir, step (-1: the latest) and ((source path prefix, target
-    # path prefix), ...) over the saved state (params/..., model_state/batch_stats/...).
-    c.init_from = ml_collections.ConfigDict(
-        dict(workdir="", step=-1, mapping=(("params", "params"), ("model_state", "model_state")))
-    )
+    add_engine_sections(c)  # train (batch 4, 400 steps, ...), mesh, init_from: bevjax/training/defaults.py
     c.eval = ml_collections.ConfigDict(
         dict(batch_size=4, threshold=0.0, visible_only=False, max_examples=0, picture_index=0)
     )

@@ -25,6 +25,7 @@ from bevjax.data.datasets import open_splits
 from bevjax.data.pipeline import WindowSource, make_dataset
 from bevjax.geometry.grid import BEVGrid
 from bevjax.tasks.base import SupervisedTask
+from bevjax.training.defaults import add_engine_sections
 from bevjax.training.state import (
     TrainState,
     accumulated_value_and_grad,
@@ -74,22 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             no_decay="(bias|scale)$",
         )
     )
-    c.train = ml_collections.ConfigDict(
-        dict(
-            batch_size=2,
-            steps=6,
-            log_every=2,
-            checkpoint_every=2,
-            eval_every=0,
-            keep_checkpoints=3,
-            accumulate=1,
-            nan_at_step=0,
-        )
-    )
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=(), min_shard_size=2**14))
-    c.init_from = ml_collections.ConfigDict(
-        dict(workdir="", step=-1, mapping=(("params", "params"), ("model_state", "model_state")))
-    )
+    add_engine_sections(c, batch_size=2, steps=6, log_every=2, checkpoint_every=2, keep_checkpoints=3)
     c.eval = ml_collections.ConfigDict(dict(batch_size=2, max_examples=0, picture_index=0))
     return c
 
