@@ -17,10 +17,14 @@ AV2's ``a_SE3_b`` is bevjax's ``a_from_b`` (``bevjax.schema``); flows follow the
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.feather as feather
+import pyarrow.parquet as parquet
 
 from bevjax.geometry.transforms import invert_rigid, quaternion_to_matrix
 
@@ -28,20 +32,67 @@ POSE_COLUMNS = ("qw", "qx", "qy", "qz", "tx_m", "ty_m", "tz_m")
 FLOW_COLUMNS = ("flow_tx_m", "flow_ty_m", "flow_tz_m")
 
 
-def read_columns(path: Path, columns, optional=()) -> dict[str, np.ndarray]:
-    """``{column: [rows] array}`` of a feather file, plus those of ``optional`` that the file has.
+class DamagedFileError(OSError):
+    """An Argoverse 2 file that exists but cannot be read (truncated, corrupt); the one-line message names the
+    file and what to do."""
 
-    FileNotFoundError / KeyError name the missing file or columns.
+
+def damaged_file(path: str | Path, reason: str) -> DamagedFileError:
+    """The :class:`DamagedFileError` of an Argoverse 2 file that cannot be read (``reason``: what went wrong)."""
+    path = Path(path)
+    absolute = Path(os.path.normpath(path.absolute()))
+    real = path.resolve()
+    where = f"{absolute}" + (f" (really {real}, through a link)" if real != absolute else "")
+    reason = " ".join(str(reason).split()) or "unreadable"
+    return DamagedFileError(
+        f"damaged Argoverse 2 file {where}: {reason}; it is incomplete or corrupt (e.g. a download cut short): "
+        "download its log again or restore the file from the archive it came from, then run the command again"
+    )
+
+
+def read_arrow_table(path: Path) -> pa.Table:
+    """The table of a feather (Arrow IPC) or ``.parquet`` file, read whole: every Argoverse 2 table read goes
+    through here.
+
+    Raises:
+      FileNotFoundError: naming the file when it is absent.
+      DamagedFileError: (an OSError) naming the file when pyarrow cannot read it (truncated, corrupt).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Argoverse 2 file not found: {path}")
-    table = feather.read_table(path)
+    try:
+        if path.suffix == ".parquet":
+            table = parquet.read_table(path)
+        else:
+            table = feather.read_table(path)
+        table.validate()
+        return table
+    except PermissionError:
+        raise  # names the file already, and is no damage
+    except (pa.ArrowException, OSError) as err:
+        size = path.stat().st_size
+        raise damaged_file(
+            path, f"pyarrow cannot read it ({type(err).__name__}: {err}; the file has {size} bytes)"
+        ) from err
+
+
+def read_columns(path: Path, columns, optional=()) -> dict[str, np.ndarray]:
+    """``{column: [rows] array}`` of a feather file, plus those of ``optional`` that the file has.
+
+    FileNotFoundError / KeyError name the missing file or columns; DamagedFileError (an OSError) names a file
+    that cannot be read (:func:`read_arrow_table`).
+    """
+    path = Path(path)
+    table = read_arrow_table(path)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise KeyError(f"{path}: missing columns {missing}; it has {table.column_names}")
     present = [c for c in optional if c in table.column_names]
-    return {c: table.column(c).to_numpy() for c in (*columns, *present)}
+    try:
+        return {c: table.column(c).to_numpy() for c in (*columns, *present)}
+    except pa.ArrowException as err:
+        raise damaged_file(path, f"pyarrow cannot convert its columns ({type(err).__name__}: {err})") from err
 
 
 def se3_from_columns(cols: dict[str, np.ndarray]) -> np.ndarray:
@@ -104,10 +155,13 @@ class AV2Log:
         path = self.log_dir / "ego_motion.npz"
         if not path.is_file():
             raise FileNotFoundError(f"Argoverse 2 file not found: {path}")
-        with np.load(path) as data:
-            if "ego_motion" not in data:
-                raise KeyError(f"{path}: missing array 'ego_motion'; it has {list(data.keys())}")
-            return np.asarray(data["ego_motion"], np.float64).reshape(4, 4)
+        try:
+            with np.load(path) as data:
+                if "ego_motion" not in data:
+                    raise KeyError(f"{path}: missing array 'ego_motion'; it has {list(data.keys())}")
+                return np.asarray(data["ego_motion"], np.float64).reshape(4, 4)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise damaged_file(path, f"numpy cannot read it ({type(err).__name__}: {err})") from err
 
     # Poses ------------------------------------------------------------------------------------------------------
 

@@ -10,9 +10,10 @@ from bevjax.data.nuscenes.sample import (
     map_mask,
     points_in_box,
 )
-from bevjax.data.nuscenes.tables import NuScenesTables, rigid_from_pose
+from bevjax.data.nuscenes.tables import DamagedFileError, NuScenesTables, rigid_from_pose
 
 __all__ = [
+    "DamagedFileError",
     "NuScenesTables",
     "annotation_boxes",
     "bev_class_of",

@@ -38,7 +38,7 @@ import tensorflow_datasets as tfds
 from bevjax.data import records
 from bevjax.data.base_builder import BevjaxBuilder
 from bevjax.data.nuscenes import splits as nusc_splits
-from bevjax.data.nuscenes.sample import load_sample
+from bevjax.data.nuscenes.sample import camera_jpeg, load_sample
 from bevjax.data.nuscenes.tables import NuScenesTables, find_version
 from bevjax.geometry.grid import BEVGrid
 from bevjax.schema import DENSE_LABEL_KEYS, NUSCENES_CAMERAS, example_spec, subset_spec
@@ -150,6 +150,13 @@ def _record(cfg: NuScenesBuilderConfig, tables: NuScenesTables, item: tuple[str,
     """One stored record: ``load_sample`` with JPEG images and the split's sequence id."""
     token, sequence_id = item
     copy = cfg.image_hw is None  # keep the original JPEG bytes: no decoding, no second lossy encoding
+    if copy:  # the files' bytes as they are, each checked first to decode whole (a damaged file fails, named)
+        jpegs = np.empty(len(cfg.cameras), object)
+        for i, channel in enumerate(cfg.cameras):
+            jpegs[i], hw = camera_jpeg(tables, token, channel)
+            if hw != NUSCENES_IMAGE_HW:
+                path = tables.path(tables.sample_data(token, channel))
+                raise ValueError(f"{path} is {hw[1]}x{hw[0]}, not 1600x900: set image_hw in the config")
     ex = load_sample(
         tables,
         token,
@@ -160,16 +167,7 @@ def _record(cfg: NuScenesBuilderConfig, tables: NuScenesTables, item: tuple[str,
         cfg.num_sweeps,
         decode_images=not copy,
     )
-    if copy:
-        jpegs = np.empty(len(cfg.cameras), object)
-        for i, channel in enumerate(cfg.cameras):
-            sd = tables.sample_data(token, channel)
-            if (sd.get("height"), sd.get("width")) not in ((None, None), NUSCENES_IMAGE_HW):
-                raise ValueError(
-                    f"{tables.path(sd)} is {sd['width']}x{sd['height']}, not 1600x900: set image_hw in the config"
-                )
-            jpegs[i] = tables.path(sd).read_bytes()
-    else:
+    if not copy:
         jpegs = records.encode_jpegs(ex.pop("images"))
     ex["images_jpeg"] = jpegs
     ex["sequence_id"] = np.int32(sequence_id)

@@ -11,15 +11,17 @@ sweep, which keyframes do not carry, are zeros with ``next_lidar_valid`` all Fal
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from bevjax.data import raster
 from bevjax.data.nuscenes.map_expansion import MapExpansion
-from bevjax.data.nuscenes.tables import NuScenesTables, rigid_from_pose
+from bevjax.data.nuscenes.tables import NuScenesTables, damaged_file, rigid_from_pose
 from bevjax.geometry.grid import BEVGrid
 from bevjax.geometry.transforms import invert_rigid, points_in_boxes, points_in_each_box, transform_points
 from bevjax.schema import BEV_CLASS_ID, NUM_BEV_CLASSES, NUSCENES_CAMERAS, SEMANTIC_CLASS_ID, pad_points
@@ -55,12 +57,72 @@ def points_in_box(points: np.ndarray, box_to: np.ndarray, size) -> np.ndarray:
     return points_in_boxes(points, np.asarray(box_to)[None], [[length, w, h]])[:, 0]
 
 
-def read_lidar(path: Path) -> np.ndarray:
-    """[p, 5] float32 (x, y, z, intensity, ring) of a ``.pcd.bin`` in the sensor frame."""
-    raw = np.fromfile(path, np.float32)
-    if raw.size % 5:
-        raise ValueError(f"{path}: {raw.size} floats, not a multiple of 5 (x, y, z, intensity, ring)")
-    return raw.reshape(-1, 5)
+def read_lidar(path: Path, what: str = "LiDAR sweep", dataroot: Path | None = None) -> np.ndarray:
+    """[p, 5] float32 (x, y, z, intensity, ring) of a ``.pcd.bin`` in the sensor frame.
+
+    Raises:
+      DamagedFileError: (an OSError) naming the file when its size is not a whole number of points.
+    """
+    size = Path(path).stat().st_size
+    if size % 20:
+        raise damaged_file(
+            path,
+            f"{size} bytes, not a whole number of points (5 float32 each: x, y, z, intensity, ring)",
+            what,
+            dataroot,
+        )
+    return np.fromfile(path, np.float32).reshape(-1, 5)
+
+
+# What PIL raises on a file it cannot decode (truncated, corrupt, not an image).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def _strict_decoding():
+    """Within the block PIL raises on a truncated image (``ImageFile.LOAD_TRUNCATED_IMAGES`` False, its default,
+    which another library may have changed)."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        yield
+        return
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+
+
+def _decode_reason(err: BaseException) -> str:
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image file PIL can identify (empty, cut short at the start, or not a JPEG/PNG)"
+    return f"cannot be decoded: {err}"
+
+
+def verify_image(
+    data: bytes | Path, path: Path, what: str = "", dataroot: Path | None = None
+) -> tuple[int, int]:
+    """Decodes an image file's whole content (at 1/8 scale for JPEGs: all the compressed data is read, at a third
+    of the cost of full size) and returns its ``(height, width)``.
+
+    Args:
+      data: the file's bytes, or the path to read.
+      path: the file (for the message).
+      what: what the file is, for the message (e.g. ``camera CAM_FRONT of sample <token>``).
+      dataroot: the dataroot, to name the file relative to it.
+
+    Raises:
+      DamagedFileError: (an OSError) naming the file when it is truncated or corrupt.
+    """
+    try:
+        with _strict_decoding(), Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            hw = (img.height, img.width)
+            img.draft("RGB", (max(img.width // 8, 1), max(img.height // 8, 1)))
+            img.load()
+    except PermissionError:
+        raise  # names the file already, and is no damage
+    except DECODE_ERRORS as err:
+        raise damaged_file(path, _decode_reason(err), what, dataroot) from err
+    return hw
 
 
 class MapMask:
@@ -83,8 +145,12 @@ def map_mask(path: Path) -> MapMask:
     """The semantic-prior mask of ``path``, decoded once and kept packed."""
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the masks are 15856 x 20250 pixels
     try:
-        with Image.open(path) as img:
+        with _strict_decoding(), Image.open(path) as img:
             return MapMask(np.asarray(img.convert("L")) > 127)
+    except PermissionError:
+        raise  # names the file already, and is no damage
+    except DECODE_ERRORS as err:
+        raise damaged_file(path, _decode_reason(err), "semantic-prior map mask") from err
     finally:
         Image.MAX_IMAGE_PIXELS = limit
 
@@ -119,7 +185,9 @@ def map_layers(tables: NuScenesTables, sample_token: str, ego_to_global: np.ndar
     expansion = _expansion(tables.dataroot, tables.log_of(sample_token)["location"])
     if expansion is not None:
         return expansion.raster(ego_to_global, grid)
-    return {"drivable_area": drivable_raster(map_mask(tables.map_path(sample_token)), ego_to_global, grid)}
+    # Keyed by the real file: one decoding per mask, whatever links lead to it.
+    mask = map_mask(tables.map_path(sample_token).resolve())
+    return {"drivable_area": drivable_raster(mask, ego_to_global, grid)}
 
 
 def object_raster(boxes: list[tuple[str, np.ndarray, list]], grid: BEVGrid) -> np.ndarray:
@@ -138,23 +206,57 @@ def object_raster(boxes: list[tuple[str, np.ndarray, list]], grid: BEVGrid) -> n
     return out
 
 
-def load_image(path: Path, intrinsic: np.ndarray, image_hw) -> tuple[np.ndarray, np.ndarray]:
+def load_image(
+    path: Path, intrinsic: np.ndarray, image_hw, what: str = "camera image", dataroot: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """[h, w, 3] uint8 image, resized to ``image_hw`` when given, and its [3, 3] intrinsics scaled to match.
 
     Pixel centres sit at integer coordinates, so u' = s (u + 0.5) - 0.5.
+
+    Raises:
+      DamagedFileError: (an OSError) naming the file (relative to ``dataroot`` too, and ``what`` it is) when it
+        is truncated or corrupt.
     """
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        k = intrinsic.copy()
-        if image_hw is not None and tuple(image_hw) != (img.height, img.width):
-            h, w = image_hw
-            sx, sy = w / img.width, h / img.height
-            k[0] *= sx
-            k[1] *= sy
-            k[0, 2] += 0.5 * sx - 0.5
-            k[1, 2] += 0.5 * sy - 0.5
-            img = img.resize((w, h), Image.BILINEAR)
-        return np.asarray(img, np.uint8), k
+    try:
+        with _strict_decoding(), Image.open(path) as src:
+            img = src.convert("RGB")
+    except PermissionError:
+        raise  # names the file already, and is no damage
+    except DECODE_ERRORS as err:
+        raise damaged_file(path, _decode_reason(err), what, dataroot) from err
+    k = intrinsic.copy()
+    if image_hw is not None and tuple(image_hw) != (img.height, img.width):
+        h, w = image_hw
+        sx, sy = w / img.width, h / img.height
+        k[0] *= sx
+        k[1] *= sy
+        k[0, 2] += 0.5 * sx - 0.5
+        k[1, 2] += 0.5 * sy - 0.5
+        img = img.resize((w, h), Image.BILINEAR)
+    return np.asarray(img, np.uint8), k
+
+
+def image_size(path: Path, what: str = "", dataroot: Path | None = None) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header; DamagedFileError naming it when that is unreadable."""
+    try:
+        with Image.open(path) as header:
+            return header.height, header.width
+    except PermissionError:
+        raise  # names the file already, and is no damage
+    except DECODE_ERRORS as err:
+        raise damaged_file(path, _decode_reason(err), what, dataroot) from err
+
+
+def camera_jpeg(tables: NuScenesTables, sample_token: str, channel: str) -> tuple[bytes, tuple[int, int]]:
+    """The bytes of a keyframe's camera file, checked to decode whole, and its ``(height, width)``.
+
+    Raises:
+      DamagedFileError: (an OSError) naming the file (relative to the dataroot and absolute), the sample and the
+        camera when the file is truncated or corrupt.
+    """
+    path = tables.path(tables.sample_data(sample_token, channel))
+    data = path.read_bytes()
+    return data, verify_image(data, path, f"camera {channel} of sample {sample_token}", tables.dataroot)
 
 
 def lidar_sweeps(tables: NuScenesTables, lidar_sd: dict, num_sweeps: int) -> list[dict]:
@@ -170,7 +272,8 @@ def lidar_sweeps(tables: NuScenesTables, lidar_sd: dict, num_sweeps: int) -> lis
 def lidar_in_ego(tables: NuScenesTables, sd: dict, key_sd: dict) -> np.ndarray:
     """[p, 3] float64 points of a LiDAR sample_data in the ego frame at ``key_sd``'s timestamp:
     ego_key <- global <- ego_sweep <- sensor."""
-    raw = read_lidar(tables.path(sd))[:, :3].astype(np.float64)
+    what = f"{LIDAR_CHANNEL} of sample {sd['sample_token']}"
+    raw = read_lidar(tables.path(sd), what, tables.dataroot)[:, :3].astype(np.float64)
     if sd["token"] == key_sd["token"]:
         return transform_points(tables.sensor_to_ego(sd), raw)
     key_from_sweep = invert_rigid(tables.ego_to_global(key_sd)) @ tables.ego_to_global(sd)
@@ -246,18 +349,20 @@ def load_sample(
     images, intrinsics, cam_to_ego, sizes = [], [], [], set()
     for channel in cameras:
         sd = tables.sample_data(sample_token, channel)
+        what = f"camera {channel} of sample {sample_token}"
         if decode_images:
-            img, k = load_image(tables.path(sd), tables.camera_intrinsic(sd), image_hw)
+            img, k = load_image(tables.path(sd), tables.camera_intrinsic(sd), image_hw, what, tables.dataroot)
             images.append(img)
             sizes.add(img.shape[:2])
         else:
             k = tables.camera_intrinsic(sd)
-            with Image.open(tables.path(sd)) as header:  # reads the size only
-                sizes.add((header.height, header.width))
+            sizes.add(image_size(tables.path(sd), what, tables.dataroot))
         intrinsics.append(k)
         cam_to_ego.append(camera_to_lidar_ego(tables, sd, lidar_sd))
     if len(sizes) != 1:
-        raise ValueError(f"sample '{sample_token}': cameras {cameras} have different image sizes {sorted(sizes)}")
+        raise ValueError(
+            f"sample '{sample_token}': cameras {cameras} have different image sizes {sorted(sizes)}"
+        )
     hw = sizes.pop()
 
     sweeps = [lidar_sd] + lidar_sweeps(tables, lidar_sd, num_sweeps)
@@ -303,9 +408,11 @@ __all__ = [
     "annotation_boxes",
     "bev_class_of",
     "box_corners",
+    "camera_jpeg",
     "camera_to_lidar_ego",
     "drivable_raster",
     "load_sample",
     "map_mask",
     "points_in_box",
+    "verify_image",
 ]

@@ -13,6 +13,7 @@ parent frame (sensor -> ego for calibrated_sensor, ego -> global for ego_pose).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,42 @@ TABLES = (
     "map",
 )
 OPTIONAL_TABLES = ("attribute", "visibility", "map")
+
+
+class DamagedFileError(OSError):
+    """A dataroot file that exists but cannot be read or decoded (truncated, corrupt); the one-line message names
+    the file (relative to the dataroot and absolute), what it belongs to and what to do."""
+
+
+def damaged_file(
+    path: str | Path, reason: str, what: str = "", dataroot: str | Path | None = None
+) -> DamagedFileError:
+    """The :class:`DamagedFileError` of a nuScenes file that cannot be read.
+
+    Args:
+      path: the file.
+      reason: what went wrong (e.g. the decoder's message).
+      what: what the file is (e.g. ``camera CAM_FRONT of sample <token>``), or empty.
+      dataroot: the dataroot, to also name the file relative to it.
+
+    Returns:
+      The error (one line), to raise.
+    """
+    absolute = Path(os.path.normpath(Path(path).absolute()))
+    name = str(path)
+    if dataroot is not None:
+        try:
+            name = str(absolute.relative_to(os.path.normpath(Path(dataroot).absolute())))
+        except ValueError:
+            pass
+    real = Path(path).resolve()
+    where = f"{absolute}" + (f" (really {real}, through a link)" if real != absolute else "")
+    reason = " ".join(str(reason).split()) or "unreadable"
+    what = f" ({what})" if what else ""
+    return DamagedFileError(
+        f"damaged nuScenes file {name}{what}: {reason}; the file at {where} is incomplete or corrupt: download it "
+        "again or restore it from the nuScenes archive it came from, then run the command again"
+    )
 
 
 def find_version(dataroot: str | Path) -> str:
@@ -79,8 +116,11 @@ class NuScenesTables:
                     self.tables[name] = {}
                     continue
                 raise FileNotFoundError(f"nuScenes table not found: {path}")
-            with open(path) as f:
-                self.tables[name] = {r["token"]: r for r in json.load(f)}
+            try:
+                with open(path, "rb") as f:
+                    self.tables[name] = {r["token"]: r for r in json.load(f)}
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise damaged_file(path, f"not valid JSON ({err})", f"table {name}", self.dataroot) from err
         self._index()
 
     def _index(self) -> None:
