@@ -1,7 +1,11 @@
-"""Evaluate the latest checkpoint of a run: ``python -m bevjax.evaluate --config configs/lss.py --workdir runs/lss``.
+"""Evaluate the latest checkpoint of a run: ``python -m bevjax.evaluate --config configs/lss.py --workdir runs/lss``
+(or ``bevjax-evaluate``).
+
+``--data_dir`` is the prepared-data folder, as for ``python -m bevjax.data.prepare`` (default: the config's
+``data.data_dir``); ``--dataroot`` is a raw dataset folder.
 
 Prints the per-class IoU table and writes ``eval.json`` and ``prediction.png`` into the workdir. On real data:
-``--dataset nuscenes --data_dir ../shared/data/nuscenes`` evaluates on the keyframes of a nuScenes dataroot
+``--dataset nuscenes --dataroot ../shared/data/nuscenes`` evaluates on the keyframes of a nuScenes dataroot
 (``eval_nuscenes.json``, ``prediction_nuscenes.png``; of the map classes only drivable area is labelled there
 without ``maps/expansion/``). A run trained with ``--config.data.dataset=nuscenes`` evaluates on its config's
 prepared split (e.g. ``--config.data.eval_split=night_val``) without ``--dataset``.
@@ -12,15 +16,18 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from bevjax.cli import check_command_line, parse_flags, run_reporting_errors
 from bevjax.training.host import reexec_with_huge_pages
-from bevjax.training.logging import check_command_line, run_reporting_errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
 _DATASET = flags.DEFINE_enum("dataset", "world", ["world", "nuscenes"], "Evaluation data.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "With --dataset nuscenes: the dataroot.")
+_DATAROOT = flags.DEFINE_string("dataroot", "", "With --dataset nuscenes: the nuScenes dataroot (raw files).")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "The prepared-data folder (as in bevjax.data.prepare); default: the config's data.data_dir."
+)
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of one line.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -29,11 +36,21 @@ def main(argv):
     check_command_line(argv)
     from bevjax.training.trainer import evaluate
 
-    if _DATASET.value != "world" and not _DATA_DIR.value:
-        raise app.UsageError(f"--dataset {_DATASET.value} needs --data_dir")
-    run_reporting_errors(evaluate, _CONFIG.value, _WORKDIR.value, _DATASET.value, _DATA_DIR.value, debug=_DEBUG.value)
+    if _DATASET.value != "world" and not _DATAROOT.value:
+        raise app.UsageError(f"--dataset {_DATASET.value} needs --dataroot (the folder holding v1.0-*/, samples/)")
+    config = _CONFIG.value
+    if _DATA_DIR.value is not None:
+        with config.unlocked():
+            config.data.data_dir = _DATA_DIR.value
+    args = (config, _WORKDIR.value, _DATASET.value, _DATAROOT.value)
+    run_reporting_errors(evaluate, *args, debug=_DEBUG.value)
+
+
+def run() -> None:
+    """The ``bevjax-evaluate`` console script (same as ``python -m bevjax.evaluate``)."""
+    reexec_with_huge_pages()
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()
-    app.run(main)
+    run()

@@ -1,4 +1,4 @@
-"""Train a bevjax model: ``python -m bevjax.train --config configs/lss.py --workdir runs/lss``.
+"""Train a bevjax model: ``python -m bevjax.train --config configs/lss.py --workdir runs/lss`` (or ``bevjax-train``).
 
 Flags: ``--config`` (an ml_collections config file, ``path.py[:variant]``, with ``--config.a.b=value``
 overrides), ``--workdir`` (checkpoints, metrics, pictures; a rerun resumes from the newest readable checkpoint,
@@ -13,8 +13,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from bevjax.cli import check_command_line, parse_flags, run_reporting_errors
 from bevjax.training.host import reexec_with_huge_pages
-from bevjax.training.logging import check_command_line, run_reporting_errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
@@ -46,6 +46,11 @@ def main(argv):
     run_reporting_errors(train_and_evaluate, config, workdir, restore_step=step, debug=_DEBUG.value)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``bevjax-train`` console script (same as ``python -m bevjax.train``)."""
     reexec_with_huge_pages()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -63,7 +63,7 @@ def test_splits_configs_and_cli(prepared, tmp_path, capsys):
         )
     # The CLI on the same root and a stride that keeps the one pair: a custom config named by its content.
     out = tmp_path / "cli"
-    assert prepare_main(["av2", "--root", str(ROOT), "--data_dir", str(out), "--stride", "2", "--no_progress"]) == 0
+    assert prepare_main(["av2", "--dataroot", str(ROOT), "--data_dir", str(out), "--stride", "2", "--no_progress"]) == 0
     printed = capsys.readouterr().out
     assert "val" in printed and "open_av2_split" in printed
     assert len(open_av2_split(str(out), ab.make_config(stride=2), "val")) == 1

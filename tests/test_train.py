@@ -78,14 +78,14 @@ def test_evaluate_on_real_nuscenes_keyframe(tiny_run, data_dir):
             f"real nuScenes sample not found at {os.path.abspath(dataroot)} (shared test data absent)"
         )
     workdir, _ = tiny_run
-    out = _cli("evaluate", workdir, data_dir, "--dataset=nuscenes", f"--data_dir={dataroot}").stdout
+    out = _cli("evaluate", workdir, data_dir, "--dataset=nuscenes", f"--dataroot={dataroot}").stdout
     assert "IoU per class on nuscenes/v1.0-test" in out
     result = json.load(open(workdir / "eval_nuscenes.json"))
     assert result["step"] == 8 and result["split"] == "nuscenes/v1.0-test"
     assert (workdir / "prediction_nuscenes.png").stat().st_size > 1000
     assert json.load(open(workdir / "eval.json"))["split"] == "boston_val"  # the world result is kept
     result = _cli("evaluate", workdir, data_dir, "--dataset=nuscenes", check=False)
-    assert result.returncode != 0 and "--data_dir" in result.stderr
+    assert result.returncode != 0 and "--dataroot" in result.stderr
 
 
 def test_tiny_config_trains_on_real_nuscenes(tmp_path, data_dir):

@@ -166,27 +166,52 @@ class BevjaxBuilder(tfds.core.GeneratorBasedBuilder):
         if self.is_prepared():
             return self
         cfg = self.builder_config
+        if manual_dir is not None and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+            raise FileNotFoundError(
+                f"{self.name}/{cfg.name}: the raw data folder {manual_dir} does not exist or is empty; "
+                f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}"
+            )
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from bevjax.progress import progress_bar
 
-            bar = tqdm(desc=f"{self.name}/{cfg.name}", unit="record", smoothing=0.1)
+            bar = progress_bar(f"{self.name}/{cfg.name}", "record")
         self.set_generation(
             progress=None if bar is None else bar.update,
             total=None if bar is None else (lambda n: bar.reset(total=n)),
             **generation,
         )
         download_config = None
+        self._bevjax_manual_dir = manual_dir
         if manual_dir is not None:
             download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        shown = tfds.core.utils.tqdm_utils._active  # TFDS's own bars would interleave with ours
+        tfds.display_progress_bar(False)
         try:
             self.download_and_prepare(download_config=download_config)
         finally:
+            tfds.display_progress_bar(shown)
             if bar is not None:
                 bar.close()
+        print(f"prepared {self.name}/{cfg.name} in {self.data_path}", flush=True)
         return type(self)(data_dir=self.data_dir_root, config=cfg)
 
     # TFDS ------------------------------------------------------------------------------------------------------
+
+    def is_prepared(self) -> bool:
+        """Whether the files are there, without TFDS's warning about a folder not prepared yet."""
+        return (epath.Path(self.data_path) / "dataset_info.json").exists() and super().is_prepared()
+
+    def _log_download_bytes(self) -> None:  # TFDS says "Downloading and preparing"; nothing is downloaded
+        source = self._manual_dir_text()
+        print(f"preparing {self.name}/{self.builder_config.name}{source} into {self.data_path}", flush=True)
+
+    def _log_download_done(self) -> None:  # said by prepare() once its progress report is closed
+        pass
+
+    def _manual_dir_text(self) -> str:
+        manual = getattr(self, "_bevjax_manual_dir", None)
+        return f" from {manual}" if manual else ""
 
     # TFDS's own ``code_path`` needs the ``importlib_resources`` backport (absent here) for any builder outside
     # tensorflow_datasets; the answer is simply the subclass's file (there is no checksums file next to it).

@@ -297,7 +297,6 @@ def open_splits(
                     f"{entry.builder.name}/{bcfg.name} is not prepared in {data_dir}: set --{flag}=/path/to/it "
                     f"to prepare it on first use, or prepare it with:\n  {entry.prepare_command(data_dir, bcfg)}"
                 ) from None
-        print(f"preparing {entry.builder.name}/{bcfg.name} in {data_dir} (first use)", flush=True)
         entry.prepare(data_dir, bcfg, data_cfg, progress)
         return {s: entry.open_split(data_dir, bcfg, s) for s in splits}
 

@@ -3,7 +3,7 @@
 Examples::
 
     python -m bevjax.data.prepare nuscenes --dataroot /data/nuscenes --workers 8
-    python -m bevjax.data.prepare av2 --root /data/av2/sensor --workers 8
+    python -m bevjax.data.prepare av2 --dataroot /data/av2/sensor --workers 8
     python -m bevjax.data.prepare world --config tiny
     python -m bevjax.data.prepare world --data_dir /data/bevjax --config default --domains boston,singapore_night
     python -m bevjax.data.prepare world --config tiny --train_sequences 4 --val_sequences 1
@@ -13,7 +13,9 @@ Overriding the domains or the sizes of a predefined config makes a custom config
 idempotent: a config that is already prepared in the data dir is left as it is. Training runs prepare what they
 need on first use (:func:`bevjax.data.datasets.open_splits`); this command does it ahead of time.
 
-The data dir defaults to ``$BEVJAX_DATA_DIR`` or ``~/bevjax_data`` (:func:`default_data_dir`).
+``--data_dir`` is where prepared data goes (default ``$BEVJAX_DATA_DIR`` or ``~/bevjax_data``,
+:func:`default_data_dir`); ``--dataroot`` is the raw dataset read. ``bevjax-prepare`` is the same command. A
+damaged input file ends in one ``error:`` line naming it (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from bevjax.cli import run_reporting_errors
 from bevjax.data import world_builder as wb
 from bevjax.data.av2 import builder as ab
 from bevjax.data.base_builder import DATA_DIR_ENV, default_data_dir
@@ -166,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     av2 = sub.add_parser(
         "av2", help="Argoverse 2 LiDAR sweep pairs from the sensor dataset to array_record files"
     )
-    av2.add_argument("--root", required=True, help="folder holding train/ and val/ log folders")
+    av2.add_argument(
+        "--dataroot", "--root", dest="root", required=True, help="the sensor folder holding train/ and val/ logs"
+    )
     av2.add_argument("--config", default="default", choices=sorted(ab.PREDEFINED_CONFIGS))
     av2.add_argument("--stride", type=int, default=None, help="every stride-th sweep pair (a custom config)")
     for p in (nusc, av2):
@@ -175,7 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         p.add_argument("--workers", type=int, default=0, help="processes loading records in parallel")
         p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the records")
+    for p in (world, nusc, av2):
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's notes on custom configs; our own lines say enough
+    return run_reporting_errors(_prepare, args, debug=args.debug)
+
+
+def _prepare(args: argparse.Namespace) -> int:
     args.data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
     if args.dataset == "world":
         return _world_main(args)
@@ -200,5 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``bevjax-prepare`` console script (same as ``python -m bevjax.data.prepare``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

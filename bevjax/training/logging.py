@@ -9,42 +9,7 @@ import time
 import jax
 import numpy as np
 
-
-def run_reporting_errors(fn, *args, debug: bool = False, **kwargs):
-    """``fn(*args, **kwargs)``; an error a user can act on (a bad config value, a missing or damaged file or
-    checkpoint, a diverged run: ValueError, OSError, FloatingPointError, CheckpointError) ends the program with
-    ``error: <type>: <message>`` on stderr and exit status 1 (``debug``: the full traceback instead). Anything
-    else keeps its traceback."""
-    import sys
-
-    from bevjax.training.checkpoint import CheckpointError
-
-    try:
-        return fn(*args, **kwargs)
-    except (ValueError, OSError, FloatingPointError, CheckpointError) as err:
-        if debug:
-            raise
-        print(f"error: {type(err).__name__}: {err}\n(--debug shows the traceback)", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-def check_command_line(argv) -> None:
-    """Common start of the command-line programs: no stray arguments; library INFO/WARNING logs off unless
-    ``--verbosity`` is given, so that progress lines stay readable."""
-    from absl import app, flags
-    from absl import logging as absl_logging
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.ERROR)
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+from bevjax.progress import format_duration
 
 
 class MetricLogger:
@@ -85,7 +50,7 @@ class MetricLogger:
             shown = " ".join(
                 f"{k.split('/')[-1]}={v:.4g}" for k, v in values.items() if "steps_per_s" not in k
             )
-            eta_text = _fmt_time(eta) if np.isfinite(eta) else "--:--"
+            eta_text = format_duration(eta)
             print(f"step {step}/{self.total_steps} {shown} | {rate:.2f} steps/s | ETA {eta_text}", flush=True)
         else:
             print(

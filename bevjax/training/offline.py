@@ -231,7 +231,8 @@ def run_offline_pass(
       chunk_size: examples per chunk file, a multiple of ``batch_size`` (default the multiple next to 256).
       keep_chunks: keep the work folder of chunks after the split is written (default: removed).
       max_chunks: stop after computing this many chunks (the rest is computed by the next run).
-      progress: a tqdm bar (on process 0) over the examples, with ETA, starting at the finished count.
+      progress: a progress bar (on process 0; plain lines in a log, :mod:`bevjax.progress`) over the examples,
+        with ETA, starting at the finished count.
 
     Returns:
       The derived split (:class:`~bevjax.data.sources.PreparedSplitSource`: record ``i`` holds the outputs of
@@ -286,9 +287,9 @@ def run_offline_pass(
     runner = _Runner(source, spec, fn, variables, example_fn, host_fn, mesh, batch_size, variables_sharding)
     bar = None
     if progress and is_main:
-        from tqdm.auto import tqdm
+        from bevjax.progress import progress_bar
 
-        bar = tqdm(total=n, initial=finished, desc=f"{name} {cfg.split}", unit="example", smoothing=0.1)
+        bar = progress_bar(f"{name} {cfg.split}", "example", total=n, initial=finished)
     computed = 0
     try:
         for k in range(num_chunks):

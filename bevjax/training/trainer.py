@@ -236,11 +236,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, restore_
 
 
 def evaluate(
-    config: ml_collections.ConfigDict, workdir: str, dataset: str = "world", data_dir: str = ""
+    config: ml_collections.ConfigDict, workdir: str, dataset: str = "world", dataroot: str = ""
 ) -> dict:
     """Evaluates the latest readable checkpoint in ``workdir``: the evaluators' tables, ``eval.json``, the picture.
 
-    ``dataset='nuscenes'`` evaluates on the keyframes of the nuScenes dataroot ``data_dir`` instead of the
+    ``dataset='nuscenes'`` evaluates on the keyframes of the nuScenes ``dataroot`` (raw files) instead of the
     config's split (writing ``eval_nuscenes.json`` and ``prediction_nuscenes.png``).
     """
     task = make_task(config)
@@ -255,7 +255,7 @@ def evaluate(
     elif dataset == "nuscenes":
         from bevjax.data.nuscenes.source import NuScenesSource
 
-        source = NuScenesSource(data_dir, task.grid, cameras=tuple(config.inputs.cameras))
+        source = NuScenesSource(dataroot, task.grid, cameras=tuple(config.inputs.cameras))
         name = source.name
     else:
         raise ValueError(f"dataset={dataset!r}: choose from world, nuscenes")
