@@ -152,7 +152,7 @@ def test_av2_prepare_command_line_one_line(av2_log, first_sweep, tmp_path, capsy
         1000,
     )
     data_dir = tmp_path / "data"
-    argv = ["av2", "--root", str(tmp_path / "sensor"), "--data_dir", str(data_dir), "--no_progress"]
+    argv = ["av2", "--dataroot", str(tmp_path / "sensor"), "--data_dir", str(data_dir), "--no_progress"]
     with pytest.raises(SystemExit) as info:
         prepare_main(argv)
     assert info.value.code == 1

@@ -4,7 +4,7 @@ Reads the Argoverse 2 sensor dataset (``<root>/<split>/<log_id>/``: ``sensors/li
 ``annotations.feather``, ``calibration/``, ``map/``), given as TFDS's manual dir, with
 :func:`bevjax.data.av2.sample.load_pair`. Prepare with::
 
-    python -m bevjax.data.prepare av2 --root /data/av2/sensor [--config default] [--workers 8]
+    python -m bevjax.data.prepare av2 --dataroot /data/av2/sensor [--config default] [--workers 8]
 
 Splits: ``train`` and ``val`` (the folders present; ``test`` logs carry no cuboids, hence no flow labels, and are
 not read). A record is the pair of sweeps (k, k + 1) of one log, for k = 0, stride, 2 stride, ...: logs in sorted
@@ -187,7 +187,7 @@ def prepare_command(data_dir: str, cfg: AV2BuilderConfig) -> str:
     """The shell command that prepares ``cfg`` (a Python call for custom configs)."""
     if cfg.name in PREDEFINED_CONFIGS:
         root = "<Argoverse 2 sensor root>"
-        return f"python -m bevjax.data.prepare av2 --root {root} --data_dir {data_dir} --config {cfg.name}"
+        return f"python -m bevjax.data.prepare av2 --dataroot {root} --data_dir {data_dir} --config {cfg.name}"
     return (
         "python -c \"from bevjax.data.prepare import prepare_av2; prepare_av2('<root>', "
         f"'{data_dir}', <the AV2BuilderConfig named '{cfg.name}'>)\""

@@ -37,6 +37,14 @@ class DamagedFileError(OSError):
     file and what to do."""
 
 
+class MissingEntryError(KeyError, ValueError):
+    """A file that lacks a column, array, timestamp or sensor the reader needs. A KeyError as before, and a
+    ValueError so that the command lines report it in one line; its text is the message itself, unquoted."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def damaged_file(path: str | Path, reason: str) -> DamagedFileError:
     """The :class:`DamagedFileError` of an Argoverse 2 file that cannot be read (``reason``: what went wrong)."""
     path = Path(path)
@@ -80,14 +88,14 @@ def read_arrow_table(path: Path) -> pa.Table:
 def read_columns(path: Path, columns, optional=()) -> dict[str, np.ndarray]:
     """``{column: [rows] array}`` of a feather file, plus those of ``optional`` that the file has.
 
-    FileNotFoundError / KeyError name the missing file or columns; DamagedFileError (an OSError) names a file
-    that cannot be read (:func:`read_arrow_table`).
+    FileNotFoundError / MissingEntryError (a KeyError) name the missing file or columns; DamagedFileError (an
+    OSError) names a file that cannot be read (:func:`read_arrow_table`).
     """
     path = Path(path)
     table = read_arrow_table(path)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise KeyError(f"{path}: missing columns {missing}; it has {table.column_names}")
+        raise MissingEntryError(f"{path}: missing columns {missing}; it has {table.column_names}")
     present = [c for c in optional if c in table.column_names]
     try:
         return {c: table.column(c).to_numpy() for c in (*columns, *present)}
@@ -158,7 +166,7 @@ class AV2Log:
         try:
             with np.load(path) as data:
                 if "ego_motion" not in data:
-                    raise KeyError(f"{path}: missing array 'ego_motion'; it has {list(data.keys())}")
+                    raise MissingEntryError(f"{path}: missing array 'ego_motion'; it has {list(data.keys())}")
                 return np.asarray(data["ego_motion"], np.float64).reshape(4, 4)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise damaged_file(path, f"numpy cannot read it ({type(err).__name__}: {err})") from err
@@ -180,7 +188,7 @@ class AV2Log:
         stamps, poses = self.poses()
         i = np.searchsorted(stamps, int(timestamp_ns))
         if i == len(stamps) or stamps[i] != int(timestamp_ns):
-            raise KeyError(
+            raise MissingEntryError(
                 f"{self.log_dir / 'city_SE3_egovehicle.feather'}: no pose at timestamp {timestamp_ns}"
             )
         return poses[i]
@@ -240,7 +248,7 @@ class AV2Log:
         ego_from_sensor = dict(zip(extr["sensor_name"].astype(str), se3_from_columns(extr), strict=True))
         missing = [n for n in names if n not in ego_from_sensor]
         if missing:
-            raise KeyError(f"{calib / 'egovehicle_SE3_sensor.feather'}: no extrinsics for sensors {missing}")
+            raise MissingEntryError(f"{calib / 'egovehicle_SE3_sensor.feather'}: no extrinsics for sensors {missing}")
         k = np.zeros((len(names), 3, 3), np.float32)
         k[:, 0, 0], k[:, 1, 1] = intr["fx_px"], intr["fy_px"]
         k[:, 0, 2], k[:, 1, 2], k[:, 2, 2] = intr["cx_px"], intr["cy_px"], 1.0
