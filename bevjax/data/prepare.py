@@ -146,6 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
       The exit status.
     """
+    args = build_parser().parse_args(argv)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's notes on custom configs; our own lines say enough
+    return run_reporting_errors(_prepare, args, debug=args.debug)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (``world``, ``nuscenes``, ``av2`` sub-commands)."""
     parser = argparse.ArgumentParser(prog="python -m bevjax.data.prepare", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="dataset", required=True)
     world = sub.add_parser("world", help="render the embedded driving world to array_record files")
@@ -182,11 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the records")
     for p in (world, nusc, av2):
         p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    args = parser.parse_args(argv)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's notes on custom configs; our own lines say enough
-    return run_reporting_errors(_prepare, args, debug=args.debug)
+    return parser
 
 
 def _prepare(args: argparse.Namespace) -> int:
