@@ -5,9 +5,10 @@ Examples::
     python -m bevjax.data.preview nuscenes --dataroot /data/nuscenes --index 0 --out nuscenes.png
     python -m bevjax.data.preview av2 --log /data/av2/sensor/val/<log_id> --pair 0 --out av2.png
 
-``nuscenes``: the keyframe's six cameras above its BEV labels (map classes, vehicles, pedestrians; dimmed where
-no camera sees) with the LiDAR sweep over them. ``av2``: the sweep pair's BEV labels under the first sweep, and
-both sweeps with the object flow as arrows (see :func:`bevjax.data.av2.preview.pair_preview`).
+``nuscenes``: the keyframe's six cameras (shrunk to 400 pixels wide) above its BEV labels (map classes,
+vehicles, pedestrians; dimmed where no camera sees) with the LiDAR sweep over them. ``av2``: the sweep pair's BEV
+labels under the first sweep, and both sweeps with the object flow as arrows
+(see :func:`bevjax.data.av2.preview.pair_picture`). Both with a colour legend.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import numpy as np
 
 from bevjax.geometry.grid import BEVGrid
 from bevjax.schema import NUSCENES_CAMERAS
-from bevjax.viz import camera_mosaic, labelled, save_png, stack_rows
+from bevjax.viz import camera_mosaic, figure, save_png, titled
 
 
 def nuscenes_picture(dataroot: str, index: int = 0, grid: BEVGrid | None = None) -> np.ndarray:
-    """[H, W, 3] uint8: the cameras of keyframe ``index`` (``sample.json`` order) above its BEV preview."""
-    from bevjax.data.nuscenes.preview import bev_preview
+    """[H, W, 3] uint8: the cameras of keyframe ``index`` (``sample.json`` order, shrunk to a readable size)
+    above its BEV preview (4 pixels per cell), with a legend."""
+    from bevjax.data.nuscenes.preview import TITLE, bev_legend_entries, bev_preview
     from bevjax.data.nuscenes.source import NuScenesSource
 
     grid = grid or BEVGrid()
@@ -33,15 +35,15 @@ def nuscenes_picture(dataroot: str, index: int = 0, grid: BEVGrid | None = None)
     if not 0 <= index < len(source):
         raise IndexError(f"--index {index}: the dataroot {dataroot} has {len(source)} keyframes")
     example = source[index]
-    cams = camera_mosaic(np.ascontiguousarray(example["images"][:, ::4, ::4]), names=list(NUSCENES_CAMERAS))
-    bev = labelled(bev_preview(example, grid, scale=4), f"{source.name} keyframe {index}: BEV labels + LiDAR")
-    return stack_rows(cams, bev)
+    cams = camera_mosaic(example["images"], names=list(NUSCENES_CAMERAS))
+    bev = titled(bev_preview(example, grid, scale=4), TITLE)
+    return figure([cams, bev], f"{source.name} keyframe {index}", [("BEV classes:", bev_legend_entries())])
 
 
 def av2_picture(log_dir: str, pair: int = 0, grid: BEVGrid | None = None) -> np.ndarray:
     """[H, W, 3] uint8 picture of sweep pair ``pair`` (sweeps pair, pair + 1) of an Argoverse 2 log."""
     from bevjax.data.av2 import AV2Log
-    from bevjax.data.av2.preview import pair_preview
+    from bevjax.data.av2.preview import pair_picture
     from bevjax.data.av2.sample import load_pair
 
     grid = grid or BEVGrid()
@@ -49,7 +51,8 @@ def av2_picture(log_dir: str, pair: int = 0, grid: BEVGrid | None = None) -> np.
     stamps = log.lidar_timestamps()
     if not 0 <= pair < len(stamps) - 1:
         raise IndexError(f"--pair {pair}: the log {log_dir} has {len(stamps)} sweeps, {len(stamps) - 1} pairs")
-    return pair_preview(load_pair(log, stamps[pair], stamps[pair + 1], grid), grid)
+    title = f"Argoverse 2 log {log.log_dir.name}: sweeps {pair} and {pair + 1}"
+    return pair_picture(load_pair(log, stamps[pair], stamps[pair + 1], grid), grid, title)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

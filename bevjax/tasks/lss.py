@@ -23,7 +23,7 @@ from bevjax.metrics.iou import IoUAccumulator
 from bevjax.models.lss import LSS, LSSGeometry
 from bevjax.schema import BEV_CLASS_ID
 from bevjax.tasks.base import SupervisedTask
-from bevjax.viz import camera_mosaic, colorize_bev, fit_height, labelled, stack_rows
+from bevjax.viz import prediction_picture
 
 MODEL_KEYS = ("images", "intrinsics", "cam_to_ego", "post_rots", "post_trans")
 TARGET_KEYS = ("bev_labels", "bev_visibility")
@@ -176,20 +176,26 @@ class LSSTask(SupervisedTask):
     def evaluators(self) -> list[IoUEvaluator]:
         return [IoUEvaluator(self)]
 
+    # The evaluation report adds the source's full-size camera images to the picture's example.
+    picture_uses_source_images = True
+
     def picture(self, variables, example: dict) -> np.ndarray:
-        """Cameras, predicted BEV and ground truth of one example as an RGB array."""
+        """Cameras, predicted BEV and ground truth of one example as an RGB array, with a legend of the
+        classes. ``example['source_images']`` (optional, added by the evaluation report): the full-size camera
+        images the example's model input was made from, shown instead of the small model input."""
         batch = jax.tree.map(lambda x: np.asarray(x)[None], self._select(example))
         logits = np.asarray(self.predict(variables, batch))[0]
         full = np.zeros(logits.shape[:2] + (len(BEV_CLASS_ID),), np.uint8)
         full[..., self.class_index] = logits > self.config.eval.threshold
         truth = np.zeros_like(full)
         truth[..., self.class_index] = example["bev_labels"][..., self.class_index]
-        names = list(self.config.inputs.cameras)
-        cams = camera_mosaic(example["images"], names=names if len(names) == len(example["images"]) else None)
-        size = max(cams.shape[1] // 2 - 4, 64)
-        pred = labelled(fit_height(colorize_bev(full), size), "prediction")
-        gt = labelled(
-            fit_height(colorize_bev(truth, example.get("bev_visibility")), size), "ground truth (dim: unseen)"
+        return prediction_picture(
+            example["images"],
+            full,
+            truth,
+            classes=self.classes,
+            visibility=example.get("bev_visibility"),
+            camera_names=list(self.config.inputs.cameras),
+            source_images=example.get("source_images"),
+            prediction_title=f"prediction (logit > {self.config.eval.threshold:g})",
         )
-        pair = np.concatenate([pred, np.full((size, 8, 3), 255, np.uint8), gt], 1)
-        return stack_rows(cams, pair)

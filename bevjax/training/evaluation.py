@@ -66,6 +66,21 @@ def evaluate_variables(task, variables, config, mesh, source=None) -> dict:
     return merged_results(run_evaluators(task, variables, config, mesh, source))
 
 
+def with_source_images(task, example: dict, raw: dict) -> dict:
+    """The evaluation ``example`` for the task's picture: for a task that asks for them
+    (``task.picture_uses_source_images``), with ``source_images``, the source's camera images where they are
+    larger than the model input (nuScenes: 1600x900 against e.g. 352x128), so that the picture can show the
+    cameras at a readable size; the example itself otherwise."""
+    if not getattr(task, "picture_uses_source_images", False):
+        return example
+    images, full = example.get("images"), raw.get("images")
+    if images is None or full is None or np.ndim(full) != 4 or np.ndim(images) != 4:
+        return example
+    if len(full) != len(images) or np.shape(full)[2] <= np.shape(images)[2]:
+        return example
+    return {**example, "source_images": np.asarray(full)}
+
+
 def _json_number(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -84,7 +99,9 @@ def finish(
     """Final evaluation: the evaluators' tables on stdout, ``eval.json`` and ``prediction.png`` in ``workdir``.
 
     ``source`` (with its ``name``, e.g. ``nuscenes/v1.0-mini``) replaces the config's evaluation split; the
-    files are then ``eval_<dataset>.json`` and ``prediction_<dataset>.png``.
+    files are then ``eval_<dataset>.json`` and ``prediction_<dataset>.png``. The picture's example carries the
+    source's full-size camera images as ``source_images`` for a task that asks for them
+    (:func:`with_source_images`).
     """
     split = name or config.data.eval_split
     suffix = "_" + name.split("/")[0] if name else ""
@@ -101,7 +118,8 @@ def finish(
         result_path = os.path.join(workdir, f"eval{suffix}.json")
         with open(result_path, "w") as f:  # undefined metrics (NaN) as null: strict JSON
             json.dump({"step": step, "split": split, **{k: _json_number(v) for k, v in res.items()}}, f, indent=2)
-        example = task.eval_example(source[min(config.eval.picture_index, len(source) - 1)])
+        raw = source[min(config.eval.picture_index, len(source) - 1)]
+        example = with_source_images(task, task.eval_example(raw), raw)
         path = save_png(task.picture(variables, example), os.path.join(workdir, f"prediction{suffix}.png"))
         print(f"wrote {result_path} and {path}", flush=True)
     return res

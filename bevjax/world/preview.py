@@ -38,14 +38,14 @@ def main(argv=None) -> str:
         from bevjax.world.sample import render_sample
 
         example = render_sample(config, args.domain, args.split, args.index)
-    picture = preview_image(example, config.grid, config.cameras)
-    path = save_png(picture, args.out)
     how = "read" if args.data_dir else "rendered"
-    print(
+    what = (
         f"{args.domain}/{args.split}[{args.index}] (sequence {int(example['sequence_id'])}, frame "
-        f"{int(example['frame_index'])}, noise {float(example['noise_level']):.2f}) {how} in "
-        f"{time.time() - start:.1f}s -> {path}"
+        f"{int(example['frame_index'])}, noise {float(example['noise_level']):.2f})"
     )
+    picture = preview_image(example, config.grid, config.cameras, title=f"bevjax world: {what}")
+    path = save_png(picture, args.out)
+    print(f"{what} {how} in {time.time() - start:.1f}s -> {path} ({picture.shape[1]}x{picture.shape[0]})")
     return path
 
 
