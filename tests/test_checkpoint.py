@@ -6,6 +6,7 @@ import shutil
 
 import flax
 import grain
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -224,3 +225,31 @@ def test_load_params_skips_an_unreadable_newest_step(run, capsys):
     out = capsys.readouterr().out
     assert "step 3" in out and "unreadable" in out and "step 2" in out
     assert (run / "checkpoints" / "3").is_dir()  # another run's folder is left as it is
+
+
+def test_truncated_array_file_is_one_line_not_a_screen_of_tracebacks(tmp_path, capfd):
+    """A data file of the OCDBT store cut short: orbax's other reads fail too and used to print one traceback
+    each (tens of thousands of lines for an LSS run); now only our lines remain."""
+    ckpt_dir = tmp_path / "checkpoints"
+    def many(step):  # incompressible, so that the arrays live in data files, not inline in the index
+        return {f"layer{i}": jax.random.normal(jax.random.key(step * 100 + i), (64, 64)) for i in range(24)}
+
+    ckpt = Checkpointer(str(ckpt_dir), max_to_keep=3)
+    for step in (1, 2):
+        ckpt.save(step, {"step": jnp.int32(step), "params": many(step)})
+    ckpt.close()
+    files = [p for p in (ckpt_dir / "2" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    with open(max(files, key=lambda p: p.stat().st_size), "r+b") as f:
+        f.truncate(5000)
+    capfd.readouterr()
+    ckpt = Checkpointer(str(ckpt_dir), max_to_keep=3)
+    state = ckpt.restore({"step": jnp.int32(0), "params": many(0)})
+    ckpt.close()
+    assert ckpt.restored_step == 1 and int(state["step"]) == 1
+    import gc
+
+    gc.collect()  # whatever is left of the failed reads is reported by now
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err and "exception was never retrieved" not in err, err[-3000:]
+    unreadable = [line for line in out.splitlines() if "is unreadable" in line]
+    assert len(unreadable) == 1 and "cannot read array params.layer" in unreadable[0], out

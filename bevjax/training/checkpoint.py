@@ -13,7 +13,9 @@ saying so in one line. Saves orbax never finalised (``<step>.orbax-checkpoint-tm
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
 import re
 import sys
@@ -164,6 +166,7 @@ class Checkpointer:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )["state"]
         except Exception as err:  # noqa: BLE001 - the tree matches the template, so the files are at fault
+            _collect_orphaned_reads()
             return None, _describe(err, step_dir, "item state"), True
         if data_iterator is not None:
             try:
@@ -183,7 +186,10 @@ class Checkpointer:
         moved = []
         for s in [s for s in self.all_steps() if s > step]:
             moved.append(self._set_aside(str(s), _SUPERSEDED))
-            print(f"checkpoint step {s} is newer than the restored step {step}: moved to {moved[-1]}", flush=True)
+            print(
+                f"checkpoint step {s} is newer than the restored step {step}: moved to {moved[-1]}",
+                flush=True,
+            )
         if moved:
             self._reload()
         return moved
@@ -282,8 +288,23 @@ def check_matches(saved, template, where: str) -> None:
 
 
 def _describe(err: Exception, step_dir: str, item: str) -> str:
-    """``'ValueError: DATA_LOSS: Error decoding manifest: ... (state/manifest.ocdbt)'``: one short line."""
+    """``'ValueError: DATA_LOSS: Error decoding manifest: ... (state/manifest.ocdbt)'``: one short line. Of a
+    chain of errors (orbax wraps tensorstore's), the innermost one that names a file or an array is told."""
+    chain, e = [], err
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    named = [e for e in chain if 'local file "' in str(e) or "Error reading" in str(e)]
+    err = named[-1] if named else err
     text = str(err).split(" [tensorstore_spec")[0].strip()
+    array = re.search(r'Error reading "([^"]+)" in OCDBT database at local file "[^"]+": (.*)', text)
+    if array:
+        code = re.match(r"[A-Z][A-Z_]+: ", text)
+        name = array.group(1).rsplit("/", 1)[0]
+        return (
+            f"{type(err).__name__}: {code.group(0) if code else ''}cannot read array {name}: "
+            f"{array.group(2)[:120]} ({item}: a data file of the step is truncated or damaged)"
+        )
     text = text.splitlines()[0] if text else ""
     files = [f for f in re.findall(r'local file "([^"]+)"', text) if not f.endswith("/")]
     code = re.match(r"[A-Z][A-Z_]+: ", text)
@@ -296,9 +317,27 @@ def _describe(err: Exception, step_dir: str, item: str) -> str:
     return f"{type(err).__name__}: {tail} ({where})"
 
 
+def _collect_orphaned_reads() -> None:
+    """Collects the failed restore's other reads now, so that their errors are dropped (by the filters of
+    :func:`_quiet_orphaned_reads`) here rather than printed mid-run."""
+    gc.collect()
+
+
+class _OrphanedReadFilter(logging.Filter):
+    """Drops asyncio's "Task/Future exception was never retrieved" records of orbax's reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "exception was never retrieved" not in text:
+            return True
+        markers = ("orbax", "_read_array_index", "async_deserialize", "OCDBT database", "TensorStore")
+        return not any(m in text for m in markers)
+
+
 def _quiet_orphaned_reads() -> None:
-    """Silences the ``RuntimeError: Event loop is closed`` reports of a failed restore's other reads (before
-    any read: they can come before the failure reaches the caller).
+    """Silences the reports of a failed restore's other reads (before any read: they can come before the
+    failure reaches the caller): ``RuntimeError: Event loop is closed``, and the errors of orbax's read
+    coroutines that are collected without being awaited (tens of thousands of lines for a truncated data file).
 
     When one array of a restore fails, orbax closes its event loop while tensorstore still completes the
     other reads; their callbacks then find the loop closed and tensorstore reports each through
@@ -310,13 +349,17 @@ def _quiet_orphaned_reads() -> None:
         return
 
     def hook(unraisable):
-        value = unraisable.exc_value
+        value, obj = unraisable.exc_value, unraisable.object
         if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        code = getattr(obj, "cr_code", None)  # a read coroutine of the failed restore, collected unawaited
+        if code is not None and "orbax" in code.co_filename:
             return
         previous(unraisable)
 
     hook._bevjax_quiet = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_OrphanedReadFilter())
 
 
 # -- init_from ------------------------------------------------------------------------------------------------
