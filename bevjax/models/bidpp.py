@@ -69,6 +69,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bevjax.losses.nrseg import EVIDENCE_KINDS, dirichlet_probs, evidence
 from bevjax.models.layers import PointwiseConv
 
 ROAD_CLASSES = ("drivable_area", "walkway")
@@ -261,10 +262,9 @@ def hlse_targets(bev_labels, hlse: HLSEConfig) -> tuple[dict[str, jax.Array], di
 
 
 def dirichlet_stats(alpha) -> tuple[jax.Array, jax.Array]:
-    """Expected probabilities and uncertainty mass of a Dirichlet.
-
-    ``S = sum_j alpha_j``, ``p = alpha / S``, ``u = K / S`` (``K`` = ``alpha.shape[-1]``; ``u = 1`` with no
-    evidence, ``alpha = 1``, and tends to 0 as the evidence grows).
+    """Expected probabilities and uncertainty mass of a Dirichlet over the last axis: ``S = sum_j alpha_j``,
+    ``p = alpha / S``, ``u = K / S`` (``u = 1`` with no evidence). One definition:
+    :func:`bevjax.losses.nrseg.dirichlet_probs`.
 
     Args:
       alpha: [..., K] concentrations (>= 1 from the evidential head).
@@ -272,9 +272,7 @@ def dirichlet_stats(alpha) -> tuple[jax.Array, jax.Array]:
     Returns:
       ``(p [..., K], u [...])``.
     """
-    alpha = jnp.asarray(alpha)
-    strength = alpha.sum(-1)  # ...
-    return alpha / strength[..., None], alpha.shape[-1] / strength
+    return dirichlet_probs(alpha, axis=-1)
 
 
 def _region_probabilities(probs: Mapping[str, jax.Array], hlse: HLSEConfig) -> dict[str, jax.Array]:
@@ -358,14 +356,6 @@ def hierarchical_uncertainty(
     return cell_u, jnp.stack(columns, -1)  # b x y, b x y k
 
 
-def _exp_evidence(x):
-    # exp(clip) as Sensoy et al.'s code: e^10 ~ 2.2e4 bounds the evidence and keeps S finite in float32.
-    return jnp.exp(jnp.clip(x, -10.0, 10.0))
-
-
-EVIDENCE = {"softplus": jax.nn.softplus, "exp": _exp_evidence, "relu": jax.nn.relu}
-
-
 class BiDPPHead(nn.Module):
     """The two parallel BiDPP heads on BEV features: per-class logits and per-cluster Dirichlets.
 
@@ -399,10 +389,10 @@ class BiDPPHead(nn.Module):
         """
         if self.num_classes != len(self.hlse.classes):
             raise ValueError(f"num_classes={self.num_classes} but the HLSE spec has {len(self.hlse.classes)}")
-        if self.evidence not in EVIDENCE:
-            raise ValueError(f"evidence='{self.evidence}': choose one of {sorted(EVIDENCE)}")
+        if self.evidence not in EVIDENCE_KINDS:
+            raise ValueError(f"evidence='{self.evidence}': choose one of {sorted(EVIDENCE_KINDS)}")
         logits = PointwiseConv(self.num_classes, dtype=self.dtype, name="multinomial")(features)  # b x y k
         z = PointwiseConv(self.hlse.num_slots, dtype=self.dtype, name="evidential")(features)  # b x y (sum K)
-        e = EVIDENCE[self.evidence](z.astype(jnp.float32))  # b x y (sum K)
+        e = evidence(z.astype(jnp.float32), self.evidence)  # b x y (sum K)
         alpha = {name: e[..., s] + 1.0 for name, s in self.hlse.slices.items()}  # b x y K_C each
         return {"logits": logits.astype(jnp.float32), "alpha": alpha}
