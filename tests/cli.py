@@ -20,6 +20,9 @@ def run_cli(module, config, workdir, data_dir, *args, wait=True, check=True, dev
     env = dict(os.environ, BEVJAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu", BEVJAX_HUGE_PAGES="0")
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        # XLA:CPU runs all forced devices on one thread pool of max(cores, devices) threads; a device blocked in
+        # two collectives at once can leave another without a thread (an all-reduce deadlock on 2 cores).
+        env["NPROC"] = str(2 * devices)
     if not wait:
         return subprocess.Popen(
             cmd + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -235,7 +235,8 @@ SCRIPT = textwrap.dedent(
 
 
 def test_fsdp_step_equals_single_device_step_and_checkpoints_move_between_meshes():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    # NPROC: a thread pool larger than the 8 forced devices (see tests/cli.py: avoids an all-reduce deadlock)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", NPROC="16")
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
     )
