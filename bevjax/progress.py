@@ -64,11 +64,12 @@ class LineProgress:
             self._last = now
             self._print(now)
 
-    def close(self) -> None:
-        """Prints the final line (once)."""
+    def close(self, report: bool = True) -> None:
+        """Prints the final line (once; ``report=False``: ends silently, e.g. when the work failed)."""
         if not self._closed:
             self._closed = True
-            self._print(self.clock())
+            if report:
+                self._print(self.clock())
 
     def line(self, now: float | None = None) -> str:
         """The current report."""
@@ -98,7 +99,7 @@ class _NoProgress:
     def reset(self, total=None) -> None:
         self.total, self.n = total, 0
 
-    def close(self) -> None:
+    def close(self, report: bool = True) -> None:
         pass
 
 
@@ -130,3 +131,12 @@ def progress_bar(
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, smoothing=0.1)
+
+
+def close_progress(bar, ok: bool = True) -> None:
+    """Closes a :func:`progress_bar`; after a failure (``ok=False``) a plain-lines report prints no final line,
+    so that the error is what the log ends with."""
+    if isinstance(bar, (LineProgress, _NoProgress)):
+        bar.close(report=ok)
+    else:
+        bar.close()

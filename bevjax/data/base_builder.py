@@ -173,7 +173,7 @@ class BevjaxBuilder(tfds.core.GeneratorBasedBuilder):
             )
         bar = None
         if progress:
-            from bevjax.progress import progress_bar
+            from bevjax.progress import close_progress, progress_bar
 
             bar = progress_bar(f"{self.name}/{cfg.name}", "record")
         self.set_generation(
@@ -187,12 +187,14 @@ class BevjaxBuilder(tfds.core.GeneratorBasedBuilder):
             download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
         shown = tfds.core.utils.tqdm_utils._active  # TFDS's own bars would interleave with ours
         tfds.display_progress_bar(False)
+        ok = False
         try:
             self.download_and_prepare(download_config=download_config)
+            ok = True
         finally:
             tfds.display_progress_bar(shown)
             if bar is not None:
-                bar.close()
+                close_progress(bar, ok)
         print(f"prepared {self.name}/{cfg.name} in {self.data_path}", flush=True)
         return type(self)(data_dir=self.data_dir_root, config=cfg)
 
