@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bevjax.cli import run_reporting_errors
 from bevjax.geometry.grid import BEVGrid
 from bevjax.schema import NUSCENES_CAMERAS
 from bevjax.viz import camera_mosaic, figure, save_png, titled
@@ -66,7 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     av2.add_argument("--pair", type=int, default=0)
     for p in (nusc, av2):
         p.add_argument("--out", required=True, help="PNG path")
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    return run_reporting_errors(_draw, args, debug=args.debug)
+
+
+def _draw(args: argparse.Namespace) -> int:
     if args.dataset == "nuscenes":
         image = nuscenes_picture(args.dataroot, args.index)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from bevjax.cli import run_reporting_errors
 from bevjax.viz import preview_image, save_png
 from bevjax.world.config import DEFAULT_DOMAINS, WorldConfig, parse_domain, tiny_config
 
@@ -23,7 +24,12 @@ def main(argv=None) -> str:
     parser.add_argument("--seed", type=int, default=0, help="world seed")
     parser.add_argument("--out", default="preview.png")
     parser.add_argument("--data_dir", default=None, help="read the sample from this prepared dataset")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    return run_reporting_errors(_draw, args, debug=args.debug)
+
+
+def _draw(args: argparse.Namespace) -> str:
     parse_domain(args.domain)  # fails early with the valid choices
     config = (WorldConfig() if args.config == "default" else tiny_config()).replace(seed=args.seed)
 
