@@ -11,7 +11,10 @@ import importlib
 
 import ml_collections
 
-TASKS = {"lss": "bevjax.tasks.lss:LSSTask"}
+TASKS = {
+    "lss": "bevjax.tasks.lss:LSSTask",
+    "pv_segmenter": "bevjax.tasks.pv_segmenter:PVSegmenterTask",
+}
 
 
 def make_task(config: ml_collections.ConfigDict):
