@@ -8,8 +8,15 @@ Default (a CPU run; prepares its world data on first use: the same world as conf
   pedestrian 0.259, pole 0.001 (thin), parking none in the split; mIoU 0.631, pixel accuracy 0.883.
 Then score a synthetic split with it (NRSeg's PGCM; renders the boston_synthetic world on first use):
     python -m bevjax.pgcm --segmenter runs/pv_seg --config configs/pv_seg.py --split boston_synthetic_train
-  MEASURED_PGCM
-Tiny (tests and smoke checks):
+  Measured with the default run above (2 shared CPU cores): the boston_synthetic world rendered on first use
+  (320 frames in 7.4 min, while another test ran; kept for every later pass), the pass over 240 frames in 10 s:
+  R mean 0.898 (median 0.907, min 0.661, max 0.987), 30 of 240 frames at or below tau = 0.85;
+  Spearman rank correlation of R with noise_level -0.339 (Pearson -0.345); of R minus its sequence's mean R
+  -0.562 (6 sequences: the scenes differ in R about as much as the noise moves it, per-sequence -0.36 .. -0.68).
+  Mean R by noise level [0, .25) / [.25, .5) / [.5, .75) / [.75, 1]: 0.918 / 0.912 / 0.885 / 0.871.
+  Other splits and settings: --split boston_synthetic_val (80 frames) R mean 0.837, Spearman -0.663;
+  --valid all (occlusion counts) R mean 0.725, Spearman -0.140; clean --split boston_val R 0.926 (0.876 .. 0.954).
+Tiny (tests and smoke checks; training 29 s in all on 2 idle CPU cores, its world data prepared included):
     python -m bevjax.train --config configs/pv_seg.py:tiny --workdir runs/pv_seg_tiny
     python -m bevjax.pgcm --segmenter runs/pv_seg_tiny --config configs/pv_seg.py:tiny --split boston_synthetic_train
 Any field can be overridden: --config.train.steps=800 --config.pgcm.valid=all
