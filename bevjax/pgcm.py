@@ -26,7 +26,9 @@ back-projects to its footprint on the road, not to its silhouette.)
 
 The scores are an offline pass (:func:`bevjax.training.offline.run_offline_pass`: progress, resumable, stored
 beside the split as a ``bevjax_derived`` split and reused by every later call with the same split, segmenter
-checkpoint and settings). Per frame: ``pgcm_score`` (R), ``pgcm_weight`` (w), ``pgcm_camera_scores`` [n] (R of
+checkpoint and settings). The checkpoint is named by its workdir's absolute path and step: a segmenter trained
+again into the same workdir up to the same step would find the earlier scores (use another workdir).
+Per frame: ``pgcm_score`` (R), ``pgcm_weight`` (w), ``pgcm_camera_scores`` [n] (R of
 each camera alone) and ``pgcm_noise_level`` (the frame's ``noise_level``, for the analysis). A training task
 merges them into its synthetic examples with :class:`bevjax.data.derived.ZipSource`::
 
