@@ -14,6 +14,7 @@ import ml_collections
 TASKS = {
     "lss": "bevjax.tasks.lss:LSSTask",
     "pv_segmenter": "bevjax.tasks.pv_segmenter:PVSegmenterTask",
+    "nrseg": "bevjax.tasks.nrseg:NRSegTask",
 }
 
 

@@ -1,0 +1,421 @@
+"""The NRSeg task (METHODS.md section 2, issue 11): supervised source training of :class:`bevjax.models.nrseg.NRSeg`
+on windows of ``T = config.data.window`` frames, with a Mean Teacher, evaluated through the teacher.
+
+Loss of one step (every weight a field of ``config.loss`` / ``config.mt``; frames of a window are samples)::
+
+    loss = dice * Dice_BEV(sigmoid(logits), w)                      multinomial head, PGCM weight w
+         + edl * w * EDL                                            evidential head, HLSE clusters
+         + pv * PV_Dice(pv_logits, to_pv_classes(pv_labels))        where the batch has pv_labels
+         + temporal * L1(aux bev_splat, warped_prev; warped_valid)  streaming fusion
+         + depth * CE(depth_logits, downsample_depth(depth, 8))     where the batch has depth
+         + consistency_weight(t) * (MSE(sigmoid) + MSE(EDL p) + 0.1 MSE(BEV feature))   Mean Teacher
+
+- ``w`` is the batch's ``pgcm_weight`` ([b] or [b, t], see :mod:`bevjax.pgcm`) when present, else 1. It enters
+  :func:`bevjax.losses.nrseg.dice_loss` as that function's ``relax`` (``config.loss.dice_relax``; default
+  ``'denominator'``) and scales the per-sample EDL terms.
+- EDL: per HLSE cluster (:func:`bevjax.models.bidpp.hlse_targets`), :func:`edl_mse_loss` over the cells where
+  the cluster gets evidence and a camera sees (``bev_visibility``), KL annealed over ``config.loss.edl_anneal_steps``;
+  the clusters' losses are averaged (not summed), so the term's scale does not grow with the number of clusters.
+- Mean Teacher: the teacher (EMA of the student's variables, ``state.extra['ema']``, decay
+  ``min(mean_teacher_decay(step), config.mt.ema_decay)``) runs in inference mode on the clean images; the
+  student sees the same window with Gaussian pixel noise of std ``config.mt.student_noise`` (0-255 scale) as its
+  "strong" augmentation, for all its losses. **There is no second (target-domain, unlabelled) stream in this
+  slice**: the consistency is applied to the labelled source batch itself. ``config.mt.enabled=False`` drops
+  the term (the teacher is still kept and evaluated).
+- Evaluation (of the teacher, :meth:`NRSegTask.eval_variables`): IoU over a threshold sweep of the multinomial
+  head's sigmoid (``mult/`` keys) and of the evidential head's hierarchical class probabilities (``edl/``),
+  AUROC of the fused cell uncertainty (:func:`hierarchical_uncertainty`) for wrong cells and ECE of the EDL
+  probabilities (``edl/AUROC``, ``edl/ECE``), and the multinomial head's ECE (``mult/ECE``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bevjax.data import transforms as T
+from bevjax.data.datasets import open_splits
+from bevjax.data.pipeline import WindowSource, make_dataset
+from bevjax.geometry.grid import BEVGrid
+from bevjax.losses.nrseg import (
+    consistency_loss,
+    consistency_weight,
+    depth_cross_entropy,
+    dice_loss,
+    dirichlet_probs,
+    downsample_depth,
+    edl_mse_loss,
+    pv_dice_loss,
+    temporal_l1,
+)
+from bevjax.metrics.threshold_iou import ThresholdIoUAccumulator
+from bevjax.metrics.uncertainty import AUROCAccumulator, CalibrationAccumulator
+from bevjax.models.bidpp import (
+    HLSEConfig,
+    class_probabilities_from_clusters,
+    hierarchical_uncertainty,
+    hlse_targets,
+)
+from bevjax.models.lss import LSSGeometry
+from bevjax.models.nrseg import INPUT_KEYS, NUM_PV_CLASSES, PV_IGNORE, NRSeg, to_pv_classes
+from bevjax.schema import BEV_CLASS_ID
+from bevjax.tasks.base import SupervisedTask
+from bevjax.training.state import (
+    TrainState,
+    accumulated_value_and_grad,
+    ema_update,
+    mean_teacher_decay,
+    step_metrics,
+)
+from bevjax.viz import layout, prediction_picture
+from bevjax.viz.layout import upscale
+
+TARGET_KEYS = ("bev_labels", "bev_visibility")
+OPTIONAL_KEYS = ("pv_labels", "depth", "pgcm_weight")
+
+
+def _fold(x):
+    """[b t ...] -> [(b t) ...]."""
+    return x.reshape((-1,) + x.shape[2:])
+
+
+def edl_probabilities(alpha: dict) -> jnp.ndarray:
+    """The expected probabilities of every cluster's Dirichlet, concatenated over the clusters: [..., sum K_C]."""
+    return jnp.concatenate([dirichlet_probs(alpha[name])[0] for name in sorted(alpha)], -1)
+
+
+class _Predictions:
+    """One jitted teacher pass per evaluation batch, shared by the task's evaluators (the batch object is the
+    cache key: every evaluator's ``update`` gets the same one)."""
+
+    def __init__(self, task: NRSegTask):
+        self.task = task
+        self.batch, self.value = None, None
+
+    def __call__(self, variables, batch: dict, valid: np.ndarray) -> dict:
+        if self.batch is not batch:
+            out = self.task.predict(variables, batch)
+            t = batch["images"].shape[1]
+            mask = np.repeat(np.asarray(valid, np.float32), t)[:, None, None]  # (b t) 1 1
+            vis = np.asarray(out["visibility"], np.float32)
+            mask = mask * vis if self.task.config.eval.visible_only else np.broadcast_to(mask, vis.shape)
+            self.batch, self.value = batch, {**out, "mask": mask}
+        return self.value
+
+
+class ThresholdIoUEvaluator:
+    """IoU per class over a threshold sweep of one head's probabilities, its keys under ``prefix``."""
+
+    def __init__(self, task: NRSegTask, predictions: _Predictions, head: str, prefix: str, title: str):
+        self.predictions, self.head, self.prefix = predictions, head, prefix
+        self.accumulator = ThresholdIoUAccumulator(task.classes, threshold=task.config.eval.threshold)
+        self.title = title
+
+    def update(self, variables, batch, valid) -> None:
+        p = self.predictions(variables, batch, valid)
+        self.accumulator.add(p[self.head], p["targets"], p["mask"])
+
+    def result(self) -> dict[str, float]:
+        return {self.prefix + k: v for k, v in self.accumulator.result().items()}
+
+    def table(self) -> str:
+        return self.accumulator.table()
+
+
+class UncertaintyEvaluator:
+    """AUROC of the evidential cell uncertainty for wrong cells (``edl/AUROC``), ECE of the EDL class
+    probabilities (``edl/ECE``) and of the multinomial sigmoid (``mult/ECE``)."""
+
+    def __init__(self, task: NRSegTask, predictions: _Predictions):
+        self.predictions = predictions
+        threshold = task.config.eval.threshold
+        self.auroc = AUROCAccumulator(None, threshold=threshold)
+        self.ece = {"edl": CalibrationAccumulator(task.classes), "mult": CalibrationAccumulator(task.classes)}
+        self.title = (
+            f"Evidential uncertainty on {{split}}: AUROC for wrong cells (p > {threshold:g}), ECE per class"
+        )
+
+    def update(self, variables, batch, valid) -> None:
+        p = self.predictions(variables, batch, valid)
+        self.auroc.add(p["edl"], p["targets"], p["uncertainty"], p["mask"])
+        for head, acc in self.ece.items():
+            acc.add(p[head], p["targets"], p["mask"])
+
+    def result(self) -> dict[str, float]:
+        out = {f"edl/{k}": v for k, v in self.auroc.result().items()}
+        for head, acc in self.ece.items():
+            out.update({f"{head}/{k}": v for k, v in acc.result().items()})
+        return out
+
+    def table(self) -> str:
+        return "\n".join(
+            [
+                self.auroc.table(),
+                "ECE of the evidential probabilities:",
+                self.ece["edl"].table(),
+                "ECE of the multinomial sigmoid:",
+                self.ece["mult"].table(),
+            ]
+        )
+
+
+class NRSegTask(SupervisedTask):
+    """Builds everything task-specific from ``config`` (see ``configs/nrseg_uda.py``)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.grid = BEVGrid(tuple(config.grid.xbound), tuple(config.grid.ybound), tuple(config.grid.zbound))
+        self.classes = tuple(config.model.classes)
+        unknown = [c for c in self.classes if c not in BEV_CLASS_ID]
+        if unknown:
+            raise ValueError(f"config.model.classes: unknown {unknown}; choose from {sorted(BEV_CLASS_ID)}")
+        self.class_index = np.array([BEV_CLASS_ID[c] for c in self.classes])
+        self.hlse = HLSEConfig(self.classes)
+        m = config.model
+        self.geometry = LSSGeometry(tuple(config.inputs.image_hw), 8, tuple(m.dbound), self.grid)
+        self.model = NRSeg(
+            hlse=self.hlse,
+            geometry=self.geometry,
+            context_channels=m.context_channels,
+            pv_stride=1,
+            temporal=m.temporal,
+            evidence=m.evidence,
+            drop_connect_rate=m.drop_connect_rate,
+            trunk_depth=m.trunk_depth,
+            dtype=jnp.dtype(m.get("dtype", "float32")),
+            remat=m.get("remat", "none"),
+        )
+
+    # Data --------------------------------------------------------------------------------------------------
+    def _open(self, split: str):
+        inputs = self.config.inputs
+        return open_splits(
+            self.config.data, self.grid, [split], cameras=tuple(inputs.cameras), image_hw=tuple(inputs.image_hw)
+        )[split]
+
+    def _select(self, example: dict) -> dict:
+        keys = INPUT_KEYS + TARGET_KEYS + tuple(k for k in OPTIONAL_KEYS if k in example)
+        return {k: example[k] for k in keys if k in example}
+
+    def train_dataset(self, seed: int, batch_size: int, process_index: int, process_count: int):
+        c = self.config
+        a = c.augment
+        transforms = [
+            T.ImageAug(
+                final_hw=tuple(c.inputs.image_hw),
+                resize_lim=tuple(a.resize_lim),
+                bot_pct_lim=tuple(a.bot_pct_lim),
+                rot_lim_deg=tuple(a.rot_lim_deg),
+                rand_flip=a.rand_flip,
+                train=True,
+            ),
+            self._select,
+        ]
+        return make_dataset(
+            self._open(c.data.train_split),
+            batch_size=batch_size,
+            seed=seed,
+            window=c.data.window,
+            transforms=transforms,
+            process_index=process_index,
+            process_count=process_count,
+            worker_count=c.data.worker_count,
+        )
+
+    def eval_source(self):
+        """Non-overlapping windows of ``config.data.window`` frames of the evaluation split."""
+        source = self._open(self.config.data.eval_split)
+        t = self.config.data.window
+        return WindowSource(source, t, source.frames_per_sequence, stride=t)
+
+    def eval_example(self, example: dict) -> dict:
+        """A window as evaluation wants it: the stored images at the network size (no augmentation)."""
+        return self._select(example)
+
+    # Model -------------------------------------------------------------------------------------------------
+    def _inputs(self, batch: dict) -> dict:
+        return {k: batch[k] for k in INPUT_KEYS}
+
+    def init(self, rng: jax.Array, batch: dict) -> dict:
+        return self.model.init(rng, **self._inputs(batch), train=False)
+
+    def init_state(self, variables: dict, tx) -> TrainState:
+        ema = jax.tree.map(jnp.copy, dict(variables))  # the teacher starts as a copy of the student
+        return TrainState.create(variables, tx, extra={"ema": ema})
+
+    def eval_variables(self, state: TrainState) -> dict:
+        """The EMA teacher (NRSeg evaluates the teacher)."""
+        return state.extra["ema"]
+
+    def targets(self, batch: dict) -> jnp.ndarray:
+        """[b t x y k] BEV labels of the task's classes."""
+        return jnp.take(batch["bev_labels"], jnp.asarray(self.class_index), axis=-1)
+
+    def sample_weights(self, batch: dict) -> jnp.ndarray:
+        """[(b t)] PGCM weights per frame: ``pgcm_weight`` ([b] or [b, t]) or ones."""
+        b, t = batch["images"].shape[:2]
+        w = batch.get("pgcm_weight")
+        if w is None:
+            return jnp.ones((b * t,), jnp.float32)
+        w = jnp.asarray(w, jnp.float32)
+        return jnp.broadcast_to(w if w.ndim == 2 else w[:, None], (b, t)).reshape(-1)
+
+    def student_images(self, images, rng) -> jnp.ndarray:
+        """The student's images: the window with Gaussian pixel noise (``config.mt.student_noise``, 0-255)."""
+        sigma = float(self.config.mt.student_noise)
+        if not sigma:
+            return images
+        noisy = images.astype(jnp.float32) + sigma * jax.random.normal(rng, images.shape)
+        return jnp.clip(jnp.round(noisy), 0, 255).astype(jnp.uint8)
+
+    def loss_terms(self, outputs: dict, aux: dict, batch: dict, step, teacher: dict | None) -> dict:
+        """The unweighted terms of the loss (scalars) from the student's ``outputs`` / ``aux`` and the teacher's
+        outputs (None: no consistency term)."""
+        lc = self.config.loss
+        w = self.sample_weights(batch)  # (b t)
+        targets = _fold(self.targets(batch))  # (b t) x y k
+        vis = _fold(batch["bev_visibility"]).astype(jnp.float32)  # (b t) x y
+        probs = jax.nn.sigmoid(_fold(outputs["logits"]))
+        dice_mask = vis if lc.visible_only else None
+        terms = {"dice": dice_loss(probs, targets, weights=w, mask=dice_mask, relax=lc.dice_relax)}
+        cluster_targets, cluster_masks = hlse_targets(targets, self.hlse)
+        edl = [
+            edl_mse_loss(
+                _fold(outputs["alpha"][name]),
+                cluster_targets[name],
+                step,
+                lc.edl_anneal_steps,
+                mask=cluster_masks[name] * vis,
+                weights=w,
+            )
+            for name in cluster_targets
+        ]
+        terms["edl"] = sum(edl) / len(edl)
+        if "pv_labels" in batch:
+            terms["pv_dice"] = pv_dice_loss(
+                _fold(outputs["pv_logits"]), _fold(to_pv_classes(batch["pv_labels"])), NUM_PV_CLASSES, PV_IGNORE
+            )
+        terms["temporal"] = temporal_l1(
+            _fold(outputs["warped_prev"]), _fold(aux["bev_splat"]), _fold(outputs["warped_valid"])
+        )
+        if "depth" in batch:
+            depth = downsample_depth(_fold(batch["depth"]), self.geometry.stride)  # (b t) n fh fw
+            terms["depth"] = depth_cross_entropy(_fold(outputs["depth_logits"]), depth, self.geometry.dbound)
+        if teacher is not None:
+            terms["consistency"] = (
+                consistency_loss(jax.nn.sigmoid(outputs["logits"]), jax.nn.sigmoid(teacher["logits"]))
+                + consistency_loss(edl_probabilities(outputs["alpha"]), edl_probabilities(teacher["alpha"]))
+                + self.config.mt.feature_weight
+                * consistency_loss(outputs["bev_feature"], teacher["bev_feature"])
+            )
+        return terms
+
+    def term_weights(self, step) -> dict:
+        """The weight of every term at ``step`` (the consistency ramp is a function of the step)."""
+        lc, mt = self.config.loss, self.config.mt
+        return {
+            "dice": lc.dice_weight,
+            "edl": lc.edl_weight,
+            "pv_dice": lc.pv_weight,
+            "temporal": lc.temporal_weight,
+            "depth": lc.depth_weight,
+            "consistency": consistency_weight(step, mt.ramp_steps, mt.ramp_low, mt.ramp_high),
+        }
+
+    def loss_fn(self, params, model_state, batch, rng, teacher=None, step=0):
+        noise_rng, dropout_rng = jax.random.split(rng)
+        inputs = self._inputs(batch)
+        teacher_out = None
+        if teacher is not None:
+            teacher_out, _ = self.model.apply(teacher, **inputs, train=False)
+            teacher_out = jax.lax.stop_gradient(teacher_out)
+        inputs = {**inputs, "images": self.student_images(inputs["images"], noise_rng)}
+        (outputs, aux), updates = self.model.apply(
+            {"params": params, **model_state},
+            **inputs,
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
+        terms = self.loss_terms(outputs, aux, batch, step, teacher_out)
+        weights = self.term_weights(step)
+        loss = sum(weights[k] * v for k, v in terms.items())
+        metrics = dict(terms)
+        if teacher is not None:
+            metrics["consistency_weight"] = weights["consistency"]
+        return loss, (metrics, updates)
+
+    def train_step(self, state: TrainState, batch: dict, rng: jax.Array):
+        mt = self.config.mt
+        teacher = state.extra["ema"] if mt.enabled else None
+        loss_fn = functools.partial(self.loss_fn, teacher=teacher, step=state.step)
+        (loss, metrics, model_state), grads = accumulated_value_and_grad(
+            loss_fn, state.params, state.model_state, batch, rng, int(self.config.train.accumulate)
+        )
+        new = state.apply_gradients(grads, model_state=model_state)
+        decay = jnp.minimum(mean_teacher_decay(state.step), mt.ema_decay)
+        new = new.replace(extra={"ema": ema_update(state.extra["ema"], new.variables, decay)})
+        return new, dict(step_metrics(metrics, loss, grads, new.params), ema_decay=decay)
+
+    # Evaluation --------------------------------------------------------------------------------------------
+    @functools.cached_property
+    def predict(self):
+        """jit: (variables, window batch) -> per frame [(b t) ...]: ``mult`` and ``edl`` probabilities [x y k],
+        ``uncertainty`` [x y], ``targets`` [x y k], ``visibility`` [x y]."""
+        ec = self.config.eval
+
+        def fn(variables, batch):
+            outputs, _ = self.model.apply(variables, **self._inputs(batch), train=False)
+            alpha = {k: _fold(v) for k, v in outputs["alpha"].items()}
+            cell_u, _ = hierarchical_uncertainty(alpha, self.hlse, ec.fusion, ec.cell)
+            return {
+                "mult": jax.nn.sigmoid(_fold(outputs["logits"])),
+                "edl": class_probabilities_from_clusters(alpha, self.hlse),
+                "uncertainty": cell_u,
+                "targets": _fold(self.targets(batch)),
+                "visibility": _fold(batch["bev_visibility"]),
+            }
+
+        return jax.jit(fn)
+
+    def evaluators(self) -> list:
+        predictions = _Predictions(self)
+        th = self.config.eval.threshold
+        return [
+            ThresholdIoUEvaluator(
+                self, predictions, "mult", "mult/", f"IoU per class on {{split}}, multinomial head (p > {th:g})"
+            ),
+            ThresholdIoUEvaluator(
+                self, predictions, "edl", "edl/", f"IoU per class on {{split}}, evidential head (p > {th:g})"
+            ),
+            UncertaintyEvaluator(self, predictions),
+        ]
+
+    def picture(self, variables, example: dict) -> np.ndarray:
+        """The window's last frame: cameras, the multinomial head's prediction, ground truth, and below them the
+        evidential cell uncertainty (white 0, black 1)."""
+        batch = jax.tree.map(lambda x: np.asarray(x)[None], example)
+        p = jax.tree.map(lambda a: np.asarray(a)[-1], self.predict(variables, batch))  # last frame
+        th = self.config.eval.threshold
+        full = np.zeros(p["mult"].shape[:2] + (len(BEV_CLASS_ID),), np.uint8)
+        full[..., self.class_index] = p["mult"] > th
+        truth = np.zeros_like(full)
+        truth[..., self.class_index] = np.asarray(example["bev_labels"])[-1][..., self.class_index]
+        top = prediction_picture(
+            np.asarray(example["images"])[-1],
+            full,
+            truth,
+            classes=self.classes,
+            visibility=np.asarray(example["bev_visibility"])[-1],
+            camera_names=list(self.config.inputs.cameras),
+            prediction_title=f"teacher, multinomial head (p > {th:g})",
+        )
+        u = np.clip(p["uncertainty"], 0.0, 1.0)[::-1, ::-1]  # forward up, as the BEV panels
+        gray = np.repeat((255 * (1.0 - u)).astype(np.uint8)[..., None], 3, -1)
+        k = max(1, layout.MIN_BEV // gray.shape[0])
+        panel = layout.titled(upscale(gray, k), "evidential cell uncertainty (white 0, black 1)")
+        return layout.vstack([top, panel])
