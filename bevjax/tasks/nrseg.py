@@ -341,13 +341,19 @@ class NRSegTask(SupervisedTask):
             rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
         )
-        terms = self.loss_terms(outputs, aux, batch, step, teacher_out)
+        loss, metrics = self.assemble(outputs, aux, batch, step, teacher_out)
+        return loss, (metrics, updates)
+
+    def assemble(self, outputs: dict, aux: dict, batch: dict, step, teacher: dict | None):
+        """``(loss, metrics)``: the weighted sum of :meth:`loss_terms` with :meth:`term_weights`; the metrics are
+        the unweighted terms (and ``consistency_weight`` with a teacher)."""
+        terms = self.loss_terms(outputs, aux, batch, step, teacher)
         weights = self.term_weights(step)
         loss = sum(weights[k] * v for k, v in terms.items())
         metrics = dict(terms)
         if teacher is not None:
             metrics["consistency_weight"] = weights["consistency"]
-        return loss, (metrics, updates)
+        return loss, metrics
 
     def train_step(self, state: TrainState, batch: dict, rng: jax.Array):
         mt = self.config.mt

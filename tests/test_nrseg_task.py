@@ -1,0 +1,161 @@
+"""The NRSeg task (bevjax/tasks/nrseg.py) through the engine, on ``configs/nrseg_uda.py:tiny``: 2 training steps
+in process (finite loss, one metric per loss term), the EMA teacher saved apart from the student and used for
+evaluation, ``eval.json`` with the multinomial (``mult/``) and evidential (``edl/``) IoU, AUROC and ECE, and the
+loss assembly against a sum composed by hand from the loss functions of ``bevjax.losses.nrseg``.
+
+To keep the file short on a CPU, the convolutions use XLA's implementation and the compiled programs skip XLA's
+backend optimisations (as in tests/test_nrseg_model.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bevjax.losses import nrseg as L
+from bevjax.models.bidpp import hlse_targets
+from bevjax.models.layers import conv_impl
+from bevjax.models.nrseg import NUM_PV_CLASSES, PV_IGNORE, to_pv_classes
+from tests.cli import saved_state
+
+STEPS = 2
+TERMS = ("dice", "edl", "pv_dice", "temporal", "depth", "consistency")
+
+
+def _config(data_dir):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nrseg_uda", "configs/nrseg_uda.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("tiny")
+    config.data.data_dir = str(data_dir)
+    config.train.steps = STEPS
+    config.train.checkpoint_every = STEPS
+    config.model.drop_connect_rate = 0.0  # fewer ops to compile
+    config.eval.max_examples = 2  # one evaluation batch
+    return config
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """XLA convolutions, and no backend optimisations for what the engine compiles (CPU)."""
+    original = jax.stages.Lowered.compile
+
+    def compile_fast(self, compiler_options=None, **kw):
+        if jax.default_backend() == "cpu":
+            compiler_options = {"xla_backend_optimization_level": 0, **(compiler_options or {})}
+        return original(self, compiler_options, **kw)
+
+    with conv_impl("xla"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jax.stages.Lowered, "compile", compile_fast)
+        yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fast_compile):
+    from bevjax.training.trainer import train_and_evaluate
+
+    data_dir = tmp_path_factory.mktemp("data")
+    workdir = tmp_path_factory.mktemp("nrseg")
+    config = _config(data_dir)
+    result = train_and_evaluate(config, str(workdir))
+    return config, workdir, result
+
+
+def test_trains_with_every_term(trained):
+    _, workdir, _ = trained
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    train = [r for r in lines if "train/loss" in r]
+    assert len(train) == STEPS
+    for r in train:
+        assert np.isfinite(r["train/loss"])
+        for term in TERMS:
+            assert np.isfinite(r[f"train/{term}"]), term
+    # The consistency ramp of the tiny config (U = 10) at steps 0 and 1; the EMA decays 0 and 1/2.
+    ramp = [float(L.consistency_weight(t, 10)) for t in range(STEPS)]
+    assert [r["train/consistency_weight"] for r in train] == pytest.approx(ramp, rel=1e-5)
+    assert [r["train/ema_decay"] for r in train] == pytest.approx([0.0, 0.5], rel=1e-6)
+
+
+def test_teacher_is_saved_apart_and_evaluated(trained):
+    config, workdir, _ = trained
+    from bevjax.tasks import make_task
+
+    state = saved_state(workdir, STEPS)
+    ema, params = state["extra"]["ema"], state["params"]
+    assert set(ema) == {"params", "batch_stats"}
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), ema["params"], params))
+    assert max(diffs) > 0  # the teacher trails the student
+
+    class Saved:  # the saved state's fields, as eval_variables reads them
+        extra = state["extra"]
+        variables = {"params": params, **state["model_state"]}
+
+    assert make_task(config).eval_variables(Saved) is Saved.extra["ema"]
+
+
+def test_eval_json_has_both_heads_and_uncertainty(trained):
+    _, workdir, result = trained
+    saved = json.load(open(workdir / "eval.json"))
+    assert saved["step"] == STEPS
+    for key in ("mult/mIoU", "mult/drivable_area", "mult/mIoU@best", "edl/mIoU", "edl/drivable_area", "edl/AUROC",
+                "edl/ECE", "mult/ECE"):  # fmt: skip
+        assert key in saved and key in result, key
+    assert 0 <= saved["edl/AUROC"] <= 1 and 0 <= saved["edl/ECE"] <= 1 and 0 <= saved["mult/ECE"] <= 1
+    assert (workdir / "prediction.png").stat().st_size > 1000
+
+
+def test_loss_assembly_equals_hand_composed_sum(trained):
+    """The task's weighted sum on one training batch (with PGCM weights) against the loss functions composed
+    here with the weights of METHODS.md: 1 Dice + 0.5 EDL + 0.5 PV Dice + 0.1 L1 + 0.1 CE + ramp x consistency."""
+    config, workdir, _ = trained
+    from bevjax.tasks import make_task
+
+    task = make_task(config)
+    batch = next(iter(task.train_dataset(0, 2, 0, 1)))
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    batch["pgcm_weight"] = jnp.array([1.0, 0.4])
+    state = saved_state(workdir, STEPS)
+    student = {"params": state["params"], **state["model_state"]}
+    inputs = {k: batch[k] for k in ("images", "intrinsics", "cam_to_ego", "post_rots", "post_trans",
+                                    "ego_to_world", "sequence_start")}  # fmt: skip
+    apply = jax.jit(lambda v, x: task.model.apply(v, **x, train=False)).lower(student, inputs).compile()
+    outputs, aux = apply(student, inputs)
+    teacher, _ = apply(state["extra"]["ema"], inputs)
+    step = 4
+    loss, metrics = task.assemble(outputs, aux, batch, step, teacher)
+
+    def fold(x):
+        return x.reshape((-1,) + x.shape[2:])
+
+    targets = fold(batch["bev_labels"][..., task.class_index])
+    vis = fold(batch["bev_visibility"]).astype(jnp.float32)
+    w = jnp.repeat(batch["pgcm_weight"], 2)  # per frame of the 2-frame windows
+    dice = L.dice_loss(jax.nn.sigmoid(fold(outputs["logits"])), targets, weights=w)
+    cluster_y, cluster_m = hlse_targets(targets, task.hlse)
+    edl = np.mean(
+        [L.edl_mse_loss(fold(outputs["alpha"][c]), cluster_y[c], step, 10, cluster_m[c] * vis, w) for c in cluster_y]
+    )
+    pv = L.pv_dice_loss(fold(outputs["pv_logits"]), fold(to_pv_classes(batch["pv_labels"])), NUM_PV_CLASSES, PV_IGNORE)
+    l1 = L.temporal_l1(fold(outputs["warped_prev"]), fold(aux["bev_splat"]), fold(outputs["warped_valid"]))
+    ce = L.depth_cross_entropy(fold(outputs["depth_logits"]), L.downsample_depth(fold(batch["depth"]), 8), (4.0, 44.0, 4.0))
+
+    def edl_p(alpha):
+        return jnp.concatenate([L.dirichlet_probs(alpha[c])[0] for c in sorted(alpha)], -1)
+
+    cons = (
+        L.consistency_loss(jax.nn.sigmoid(outputs["logits"]), jax.nn.sigmoid(teacher["logits"]))
+        + L.consistency_loss(edl_p(outputs["alpha"]), edl_p(teacher["alpha"]))
+        + 0.1 * L.consistency_loss(outputs["bev_feature"], teacher["bev_feature"])
+    )
+    expected = dice + 0.5 * edl + 0.5 * pv + 0.1 * l1 + 0.1 * ce + L.consistency_weight(step, 10) * cons
+    for name, value in zip(TERMS, (dice, edl, pv, l1, ce, cons), strict=True):
+        assert float(metrics[name]) == pytest.approx(float(value), rel=1e-5), name
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # The PGCM weight matters: all-ones weights give another Dice.
+    assert float(dice) != pytest.approx(float(L.dice_loss(jax.nn.sigmoid(fold(outputs["logits"])), targets)))
