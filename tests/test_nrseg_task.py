@@ -112,50 +112,67 @@ def test_eval_json_has_both_heads_and_uncertainty(trained):
 
 def test_loss_assembly_equals_hand_composed_sum(trained):
     """The task's weighted sum on one training batch (with PGCM weights) against the loss functions composed
-    here with the weights of METHODS.md: 1 Dice + 0.5 EDL + 0.5 PV Dice + 0.1 L1 + 0.1 CE + ramp x consistency."""
-    config, workdir, _ = trained
+    here with the weights of METHODS.md: 1 Dice + 0.5 EDL + 0.5 PV Dice + 0.1 L1 + 0.1 CE + ramp x consistency.
+    Student and teacher outputs are random arrays of the model's output shapes (``jax.eval_shape``: nothing to
+    compile but the losses)."""
+    config, _, _ = trained
+    from bevjax.models.nrseg import INPUT_KEYS
     from bevjax.tasks import make_task
 
     task = make_task(config)
     batch = next(iter(task.train_dataset(0, 2, 0, 1)))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     batch["pgcm_weight"] = jnp.array([1.0, 0.4])
-    state = saved_state(workdir, STEPS)
-    student = {"params": state["params"], **state["model_state"]}
-    inputs = {k: batch[k] for k in ("images", "intrinsics", "cam_to_ego", "post_rots", "post_trans",
-                                    "ego_to_world", "sequence_start")}  # fmt: skip
-    apply = jax.jit(lambda v, x: task.model.apply(v, **x, train=False)).lower(student, inputs).compile()
-    outputs, aux = apply(student, inputs)
-    teacher, _ = apply(state["extra"]["ema"], inputs)
+    inputs = {k: batch[k] for k in INPUT_KEYS}
+    variables = jax.eval_shape(lambda x: task.model.init(jax.random.key(0), **x, train=False), inputs)
+    shapes = jax.eval_shape(lambda v, x: task.model.apply(v, **x, train=False), variables, inputs)
+    rng = np.random.default_rng(0)
+
+    def fill(s):
+        if s.dtype == jnp.bool_:
+            return jnp.asarray(rng.random(s.shape) < 0.7)
+        return jnp.asarray(rng.normal(size=s.shape).astype(s.dtype))
+
+    (outputs, aux), (teacher, _) = jax.tree.map(fill, shapes), jax.tree.map(fill, shapes)
+    for out in (outputs, teacher):
+        out["alpha"] = {k: 1.0 + jnp.abs(v) for k, v in out["alpha"].items()}  # concentrations >= 1
     step = 4
-    loss, metrics = task.assemble(outputs, aux, batch, step, teacher)
 
     def fold(x):
         return x.reshape((-1,) + x.shape[2:])
 
-    targets = fold(batch["bev_labels"][..., task.class_index])
-    vis = fold(batch["bev_visibility"]).astype(jnp.float32)
-    w = jnp.repeat(batch["pgcm_weight"], 2)  # per frame of the 2-frame windows
-    dice = L.dice_loss(jax.nn.sigmoid(fold(outputs["logits"])), targets, weights=w)
-    cluster_y, cluster_m = hlse_targets(targets, task.hlse)
-    edl = np.mean(
-        [L.edl_mse_loss(fold(outputs["alpha"][c]), cluster_y[c], step, 10, cluster_m[c] * vis, w) for c in cluster_y]
-    )
-    pv = L.pv_dice_loss(fold(outputs["pv_logits"]), fold(to_pv_classes(batch["pv_labels"])), NUM_PV_CLASSES, PV_IGNORE)
-    l1 = L.temporal_l1(fold(outputs["warped_prev"]), fold(aux["bev_splat"]), fold(outputs["warped_valid"]))
-    ce = L.depth_cross_entropy(fold(outputs["depth_logits"]), L.downsample_depth(fold(batch["depth"]), 8), (4.0, 44.0, 4.0))
-
     def edl_p(alpha):
         return jnp.concatenate([L.dirichlet_probs(alpha[c])[0] for c in sorted(alpha)], -1)
 
-    cons = (
-        L.consistency_loss(jax.nn.sigmoid(outputs["logits"]), jax.nn.sigmoid(teacher["logits"]))
-        + L.consistency_loss(edl_p(outputs["alpha"]), edl_p(teacher["alpha"]))
-        + 0.1 * L.consistency_loss(outputs["bev_feature"], teacher["bev_feature"])
-    )
-    expected = dice + 0.5 * edl + 0.5 * pv + 0.1 * l1 + 0.1 * ce + L.consistency_weight(step, 10) * cons
-    for name, value in zip(TERMS, (dice, edl, pv, l1, ce, cons), strict=True):
-        assert float(metrics[name]) == pytest.approx(float(value), rel=1e-5), name
+    def by_hand(outputs, aux, teacher, batch):
+        targets = fold(batch["bev_labels"][..., task.class_index])
+        vis = fold(batch["bev_visibility"]).astype(jnp.float32)
+        w = jnp.repeat(batch["pgcm_weight"], 2)  # per frame of the 2-frame windows
+        probs = jax.nn.sigmoid(fold(outputs["logits"]))
+        dice = L.dice_loss(probs, targets, weights=w)
+        ys, ms = hlse_targets(targets, task.hlse)
+        edl = sum(L.edl_mse_loss(fold(outputs["alpha"][c]), ys[c], step, 10, ms[c] * vis, w) for c in ys) / len(ys)
+        pv = L.pv_dice_loss(
+            fold(outputs["pv_logits"]), fold(to_pv_classes(batch["pv_labels"])), NUM_PV_CLASSES, PV_IGNORE
+        )
+        l1 = L.temporal_l1(fold(outputs["warped_prev"]), fold(aux["bev_splat"]), fold(outputs["warped_valid"]))
+        depth = L.downsample_depth(fold(batch["depth"]), 8)
+        ce = L.depth_cross_entropy(fold(outputs["depth_logits"]), depth, (4.0, 44.0, 4.0))
+        cons = (
+            L.consistency_loss(jax.nn.sigmoid(outputs["logits"]), jax.nn.sigmoid(teacher["logits"]))
+            + L.consistency_loss(edl_p(outputs["alpha"]), edl_p(teacher["alpha"]))
+            + 0.1 * L.consistency_loss(outputs["bev_feature"], teacher["bev_feature"])
+        )
+        total = dice + 0.5 * edl + 0.5 * pv + 0.1 * l1 + 0.1 * ce + L.consistency_weight(step, 10) * cons
+        unweighted = L.dice_loss(probs, targets)  # without the PGCM weights
+        return total, dict(zip(TERMS, (dice, edl, pv, l1, ce, cons), strict=True)), unweighted
+
+    def both(outputs, aux, teacher, batch):
+        return task.assemble(outputs, aux, batch, step, teacher), by_hand(outputs, aux, teacher, batch)
+
+    (loss, metrics), (expected, terms, unweighted) = jax.jit(both)(outputs, aux, teacher, batch)
+    for name in TERMS:
+        assert float(metrics[name]) == pytest.approx(float(terms[name]), rel=1e-5), name
+        assert float(terms[name]) > 0, name
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-    # The PGCM weight matters: all-ones weights give another Dice.
-    assert float(dice) != pytest.approx(float(L.dice_loss(jax.nn.sigmoid(fold(outputs["logits"])), targets)))
+    assert float(terms["dice"]) != pytest.approx(float(unweighted))  # the PGCM weight matters
