@@ -25,7 +25,9 @@ Loss of one step (every weight a field of ``config.loss`` / ``config.mt``; frame
 - Evaluation (of the teacher, :meth:`NRSegTask.eval_variables`): IoU over a threshold sweep of the multinomial
   head's sigmoid (``mult/`` keys) and of the evidential head's hierarchical class probabilities (``edl/``),
   AUROC of the fused cell uncertainty (:func:`hierarchical_uncertainty`) for wrong cells and ECE of the EDL
-  probabilities (``edl/AUROC``, ``edl/ECE``), and the multinomial head's ECE (``mult/ECE``).
+  probabilities (``edl/AUROC``, ``edl/ECE``), and the multinomial head's ECE (``mult/ECE``). The picture
+  (``prediction.png``) shows the cameras, the teacher's multinomial prediction, the ground truth, the cell
+  uncertainty map and the reliability diagram of the evidential probabilities over the evaluation pass.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from bevjax.losses.nrseg import (
     temporal_l1,
 )
 from bevjax.metrics.threshold_iou import ThresholdIoUAccumulator
-from bevjax.metrics.uncertainty import AUROCAccumulator, CalibrationAccumulator
+from bevjax.metrics.uncertainty import AUROCAccumulator, CalibrationAccumulator, reliability_diagram_png
 from bevjax.models.bidpp import (
     HLSEConfig,
     class_probabilities_from_clusters,
@@ -132,6 +134,7 @@ class UncertaintyEvaluator:
 
     def __init__(self, task: NRSegTask, predictions: _Predictions):
         self.predictions = predictions
+        task.last_calibration = self  # the picture adds this pass's reliability diagram
         threshold = task.config.eval.threshold
         self.auroc = AUROCAccumulator(None, threshold=threshold)
         self.ece = {"edl": CalibrationAccumulator(task.classes), "mult": CalibrationAccumulator(task.classes)}
@@ -403,7 +406,9 @@ class NRSegTask(SupervisedTask):
 
     def picture(self, variables, example: dict) -> np.ndarray:
         """The window's last frame: cameras, the multinomial head's prediction, ground truth, and below them the
-        evidential cell uncertainty (white 0, black 1)."""
+        evidential cell uncertainty (white 0, black 1) and, after an evaluation pass of this task object (the
+        engine's final report), the reliability diagram of the evidential probabilities over that pass (the
+        evaluator protocol has no workdir to write it to as a file of its own)."""
         batch = jax.tree.map(lambda x: np.asarray(x)[None], example)
         p = jax.tree.map(lambda a: np.asarray(a)[-1], self.predict(variables, batch))  # last frame
         th = self.config.eval.threshold
@@ -423,5 +428,9 @@ class NRSegTask(SupervisedTask):
         u = np.clip(p["uncertainty"], 0.0, 1.0)[::-1, ::-1]  # forward up, as the BEV panels
         gray = np.repeat((255 * (1.0 - u)).astype(np.uint8)[..., None], 3, -1)
         k = max(1, layout.MIN_BEV // gray.shape[0])
-        panel = layout.titled(upscale(gray, k), "evidential cell uncertainty (white 0, black 1)")
-        return layout.vstack([top, panel])
+        panels = [layout.titled(upscale(gray, k), "evidential cell uncertainty (white 0, black 1)")]
+        calibration = getattr(self, "last_calibration", None)
+        if calibration is not None and calibration.ece["edl"].counts.sum():
+            bins = calibration.ece["edl"].reliability()
+            panels.append(reliability_diagram_png(bins, title="Reliability of the evidential probabilities"))
+        return layout.vstack([top, layout.hstack(panels)])
