@@ -1,11 +1,13 @@
 """NRSeg (METHODS.md section 2) on the embedded driving world: supervised source training with a Mean Teacher.
 
-This slice (issue 11) trains on the source domain only: windows of ``data.window`` frames, Dice + EDL (HLSE)
-+ PV Dice + temporal L1 + depth CE, and the Mean Teacher's consistency on the *same* (source) batch, the student
-seeing it with pixel noise (``mt.student_noise``); the teacher is evaluated. See ``bevjax/tasks/nrseg.py``.
-Not yet here: a second, unlabelled target-domain stream (UDA Boston -> Singapore), PV pseudo-labels on it,
-synthetic data with PGCM weights (the task reads a batch's ``pgcm_weight`` when present), the semi-supervised
-and nuScenes variants.
+Windows of ``data.window`` frames of the labelled source split: Dice + EDL (HLSE) + PV Dice + temporal L1 + depth
+CE. With ``data.target_domains`` (UDA, e.g. Boston -> Singapore) every batch also carries unlabelled windows of
+``data.target_split`` (default ``<first target domain>_train``; its labels are dropped in the pipeline) under
+``'target'``: the Mean Teacher's consistency and the PV Dice against the teacher's PV pseudo-labels
+(``mt.pv_threshold``) run on them, the teacher on the clean windows, the student with pixel noise
+(``mt.student_noise``). Without target domains the consistency runs on the source batch itself. The teacher is
+evaluated. See ``bevjax/tasks/nrseg.py``. Not yet here: synthetic data with PGCM weights in the training mix (the
+task reads a batch's ``pgcm_weight`` when present), the semi-supervised and nuScenes variants.
 
 Default (a CPU run; prepares its world data on first use):
     python -m bevjax.train --config configs/nrseg_uda.py --workdir runs/nrseg
@@ -45,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.val_sequences = 2
     c.data.train_split = "boston_train"  # the (labelled) source domain
     c.data.eval_split = "boston_val"
+    c.data.target_domains = ()  # UDA: unlabelled target domains (each must be in data.domains); () for none
+    c.data.target_split = ""  # default: <first target domain>_train
+    c.data.target_batch_size = 0  # 0: train.batch_size
     c.data.worker_count = 0
     c.data.window = 2  # T frames per training window (streaming fusion across them)
     c.data.world = ml_collections.ConfigDict(
@@ -79,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             visible_only=False,  # Dice over the visible cells only (the EDL term always is)
         )
     )
-    # Mean Teacher: consistency on the source batch itself in this slice (no target stream yet).
+    # Mean Teacher: consistency on the target batch (on the source batch itself without data.target_domains).
     c.mt = ml_collections.ConfigDict(
         dict(
             enabled=True,
@@ -89,6 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ramp_high=0.1,
             feature_weight=0.1,  # BEV-feature MSE within the consistency
             student_noise=8.0,  # Gaussian pixel noise (0-255) of the student's images
+            pv_threshold=0.9,  # teacher PV pseudo-labels on the target: pixels below this confidence are ignored
+            target_pv_weight=0.5,  # x the consistency ramp: Dice_PV(target, PV pseudo-labels)
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -125,6 +132,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.world.frames_per_sequence = 4
         c.data.world.lidar_beams, c.data.world.lidar_azimuths = 2, 64
         c.data.train_sequences, c.data.val_sequences = 1, 1
+        c.data.domains = ("boston", "singapore")  # UDA Boston -> Singapore
+        c.data.target_domains = ("singapore",)
         c.model.dbound = (4.0, 44.0, 4.0)
         c.model.context_channels = 16
         c.model.trunk_depth = 0.1  # one MBConv block per stage

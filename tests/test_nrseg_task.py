@@ -1,7 +1,9 @@
 """The NRSeg task (bevjax/tasks/nrseg.py) through the engine, on ``configs/nrseg_uda.py:tiny``: 2 training steps
-in process (finite loss, one metric per loss term), the EMA teacher saved apart from the student and used for
-evaluation, ``eval.json`` with the multinomial (``mult/``) and evidential (``edl/``) IoU, AUROC and ECE, and the
-loss assembly against a sum composed by hand from the loss functions of ``bevjax.losses.nrseg``.
+in process with the unlabelled Singapore target stream (finite loss, one metric per loss term, the target's
+PV pseudo-label Dice and temporal L1 among them; the target windows carry no label key), the EMA teacher saved
+apart from the student and used for evaluation, ``eval.json`` with the multinomial (``mult/``) and evidential
+(``edl/``) IoU, AUROC and ECE, and the loss assembly against a sum composed by hand from the loss
+functions of ``bevjax.losses.nrseg`` (also with the target's terms).
 
 To keep the file short on a CPU, the convolutions use XLA's implementation and the compiled programs skip XLA's
 backend optimisations (as in tests/test_nrseg_model.py).
@@ -24,6 +26,7 @@ from tests.cli import saved_state
 
 STEPS = 2
 TERMS = ("dice", "edl", "pv_dice", "temporal", "depth", "consistency")
+TARGET_TERMS = ("target_pv_dice", "target_temporal")  # on the unlabelled target windows
 
 
 def _config(data_dir):
@@ -74,7 +77,7 @@ def test_trains_with_every_term(trained):
     assert len(train) == STEPS
     for r in train:
         assert np.isfinite(r["train/loss"])
-        for term in TERMS:
+        for term in TERMS + TARGET_TERMS:
             assert np.isfinite(r[f"train/{term}"]), term
     # The consistency ramp of the tiny config (U = 10) at steps 0 and 1; the EMA decays 0 and 1/2.
     ramp = [float(L.consistency_weight(t, 10)) for t in range(STEPS)]
@@ -121,7 +124,11 @@ def test_loss_assembly_equals_hand_composed_sum(trained):
 
     task = make_task(config)
     batch = next(iter(task.train_dataset(0, 2, 0, 1)))
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    # The target windows carry the model's inputs only: the pipeline dropped their labels.
+    assert set(batch["target"]) == set(INPUT_KEYS)
+    assert batch["target"]["images"].shape == batch["images"].shape
+    assert not np.array_equal(batch["target"]["images"], batch["images"])  # another domain
+    batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "target"}
     batch["pgcm_weight"] = jnp.array([1.0, 0.4])
     inputs = {k: batch[k] for k in INPUT_KEYS}
     variables = jax.eval_shape(lambda x: task.model.init(jax.random.key(0), **x, train=False), inputs)
@@ -170,9 +177,35 @@ def test_loss_assembly_equals_hand_composed_sum(trained):
     def both(outputs, aux, teacher, batch):
         return task.assemble(outputs, aux, batch, step, teacher), by_hand(outputs, aux, teacher, batch)
 
+    def with_target(outputs, aux, teacher, batch):
+        """The same source outputs, the teacher's paired with the target student's (here the source student's,
+        halved): consistency on the target, plus the target's PV pseudo-label Dice and temporal L1."""
+        t_out = jax.tree.map(lambda x: x * 0.5 if x.dtype != jnp.bool_ else x, outputs)
+        t_out["alpha"] = outputs["alpha"]
+        teacher = {**teacher, "pv_logits": 10.0 * teacher["pv_logits"]}  # confident: most pixels get a label
+        loss, metrics = task.assemble(outputs, aux, batch, step, teacher, (t_out, aux))
+        source_only, _ = task.assemble(outputs, aux, batch, step, None)
+        labels = L.pseudo_labels(fold(teacher["pv_logits"]), 0.9, PV_IGNORE)
+        pv = L.pv_dice_loss(fold(t_out["pv_logits"]), labels, NUM_PV_CLASSES, PV_IGNORE)
+        l1 = L.temporal_l1(fold(t_out["warped_prev"]), fold(aux["bev_splat"]), fold(t_out["warped_valid"]))
+        cons = (
+            L.consistency_loss(jax.nn.sigmoid(t_out["logits"]), jax.nn.sigmoid(teacher["logits"]))
+            + L.consistency_loss(edl_p(t_out["alpha"]), edl_p(teacher["alpha"]))
+            + 0.1 * L.consistency_loss(t_out["bev_feature"], teacher["bev_feature"])
+        )
+        ramp = L.consistency_weight(step, 10)
+        expected = source_only + ramp * cons + 0.5 * ramp * pv + 0.1 * l1
+        return loss, metrics, expected, {"consistency": cons, "target_pv_dice": pv, "target_temporal": l1}
+
     (loss, metrics), (expected, terms, unweighted) = jax.jit(both)(outputs, aux, teacher, batch)
     for name in TERMS:
         assert float(metrics[name]) == pytest.approx(float(terms[name]), rel=1e-5), name
         assert float(terms[name]) > 0, name
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     assert float(terms["dice"]) != pytest.approx(float(unweighted))  # the PGCM weight matters
+
+    loss, metrics, expected, terms = jax.jit(with_target)(outputs, aux, teacher, batch)
+    for name, value in terms.items():
+        assert float(metrics[name]) == pytest.approx(float(value), rel=1e-5), name
+        assert float(value) > 0, name
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)

@@ -8,7 +8,8 @@ Loss of one step (every weight a field of ``config.loss`` / ``config.mt``; frame
          + pv * PV_Dice(pv_logits, to_pv_classes(pv_labels))        where the batch has pv_labels
          + temporal * L1(aux bev_splat, warped_prev; warped_valid)  streaming fusion
          + depth * CE(depth_logits, downsample_depth(depth, 8))     where the batch has depth
-         + consistency_weight(t) * (MSE(sigmoid) + MSE(EDL p) + 0.1 MSE(BEV feature))   Mean Teacher
+         + consistency_weight(t) * (MSE(sigmoid) + MSE(EDL p) + 0.1 MSE(BEV feature))   Mean Teacher (target)
+         [+ target terms, below]
 
 - ``w`` is the batch's ``pgcm_weight`` ([b] or [b, t], see :mod:`bevjax.pgcm`) when present, else 1. It enters
   :func:`bevjax.losses.nrseg.dice_loss` as that function's ``relax`` (``config.loss.dice_relax``; default
@@ -17,11 +18,24 @@ Loss of one step (every weight a field of ``config.loss`` / ``config.mt``; frame
   the cluster gets evidence and a camera sees (``bev_visibility``), KL annealed over ``config.loss.edl_anneal_steps``;
   the clusters' losses are averaged (not summed), so the term's scale does not grow with the number of clusters.
 - Mean Teacher: the teacher (EMA of the student's variables, ``state.extra['ema']``, decay
-  ``min(mean_teacher_decay(step), config.mt.ema_decay)``) runs in inference mode on the clean images; the
-  student sees the same window with Gaussian pixel noise of std ``config.mt.student_noise`` (0-255 scale) as its
-  "strong" augmentation, for all its losses. **There is no second (target-domain, unlabelled) stream in this
-  slice**: the consistency is applied to the labelled source batch itself. ``config.mt.enabled=False`` drops
-  the term (the teacher is still kept and evaluated).
+  ``min(mean_teacher_decay(step), config.mt.ema_decay)``) runs in inference mode on clean images; the student
+  sees its windows with Gaussian pixel noise of std ``config.mt.student_noise`` (0-255 scale) as its "strong"
+  augmentation, for all its losses. ``config.mt.enabled=False`` drops the teacher's terms (the teacher is still
+  kept and evaluated).
+- UDA target stream (``config.data.target_domains``, e.g. ``('singapore',)``; split ``config.data.target_split``,
+  default ``<first target domain>_train``; ``config.data.target_batch_size``, default the batch size): each
+  training batch carries unlabelled target windows under ``batch['target']``, drawn by the same Grain dataset as
+  the source windows (:mod:`bevjax.data.mixing`: one iterator state, so a resumed run is exact; the target's
+  shuffle and augmentation seeds derive from the run's seed). The pipeline keeps only the model's inputs of the
+  target windows (:func:`drop_target_labels`), so no target label can reach a loss. The student runs once on
+  the source and target windows concatenated (BatchNorm statistics over both); the teacher runs on the clean
+  target windows. Then the consistency compares the target student with the teacher, and two terms are added::
+
+      + 0.5 * consistency_weight(t) * PV_Dice(target pv_logits, pseudo_labels(teacher pv_logits, pv_threshold))
+      + temporal * L1 on the target windows                                       (``target_temporal``)
+
+  (``config.mt.target_pv_weight``, ``config.mt.pv_threshold``). Without target domains the consistency runs on
+  the labelled source batch itself.
 - Evaluation (of the teacher, :meth:`NRSegTask.eval_variables`): IoU over a threshold sweep of the multinomial
   head's sigmoid (``mult/`` keys) and of the evidential head's hierarchical class probabilities (``edl/``),
   AUROC of the fused cell uncertainty (:func:`hierarchical_uncertainty`) for wrong cells and ECE of the EDL
@@ -41,6 +55,7 @@ import numpy as np
 
 from bevjax.data import transforms as T
 from bevjax.data.datasets import open_splits
+from bevjax.data.mixing import map_stream, stream_seed, zip_streams
 from bevjax.data.pipeline import WindowSource, make_dataset
 from bevjax.geometry.grid import BEVGrid
 from bevjax.losses.nrseg import (
@@ -51,6 +66,7 @@ from bevjax.losses.nrseg import (
     dirichlet_probs,
     downsample_depth,
     edl_mse_loss,
+    pseudo_labels,
     pv_dice_loss,
     temporal_l1,
 )
@@ -78,6 +94,16 @@ from bevjax.viz.layout import upscale
 
 TARGET_KEYS = ("bev_labels", "bev_visibility")
 OPTIONAL_KEYS = ("pv_labels", "depth", "pgcm_weight")
+TARGET_STREAM = "target"  # the batch key of the unlabelled target-domain windows
+
+
+def drop_target_labels(batch: dict) -> dict:
+    """The batch with its target windows reduced to the model's inputs (no label of the target domain reaches
+    the loss, whatever a bug in it reads)."""
+    if TARGET_STREAM not in batch:
+        return batch
+    target = batch[TARGET_STREAM]
+    return {**batch, TARGET_STREAM: {k: target[k] for k in INPUT_KEYS if k in target}}
 
 
 def _fold(x):
@@ -204,30 +230,64 @@ class NRSegTask(SupervisedTask):
         keys = INPUT_KEYS + TARGET_KEYS + tuple(k for k in OPTIONAL_KEYS if k in example)
         return {k: example[k] for k in keys if k in example}
 
+    def target_split(self) -> str | None:
+        """The unlabelled target-domain split (``config.data.target_split``, default ``<first target domain>_train``),
+        or None without ``config.data.target_domains``."""
+        d = self.config.data
+        domains = tuple(d.get("target_domains", ()) or ())
+        if not domains:
+            return None
+        missing = [x for x in domains if x not in tuple(d.domains)]
+        if missing:
+            raise ValueError(
+                f"config.data.target_domains {missing} are not in config.data.domains ({d.domains})"
+            )
+        return d.get("target_split", "") or f"{domains[0]}_train"
+
     def train_dataset(self, seed: int, batch_size: int, process_index: int, process_count: int):
         c = self.config
         a = c.augment
-        transforms = [
-            T.ImageAug(
-                final_hw=tuple(c.inputs.image_hw),
-                resize_lim=tuple(a.resize_lim),
-                bot_pct_lim=tuple(a.bot_pct_lim),
-                rot_lim_deg=tuple(a.rot_lim_deg),
-                rand_flip=a.rand_flip,
-                train=True,
-            ),
-            self._select,
-        ]
-        return make_dataset(
-            self._open(c.data.train_split),
-            batch_size=batch_size,
-            seed=seed,
-            window=c.data.window,
-            transforms=transforms,
-            process_index=process_index,
-            process_count=process_count,
+        image_aug = T.ImageAug(
+            final_hw=tuple(c.inputs.image_hw),
+            resize_lim=tuple(a.resize_lim),
+            bot_pct_lim=tuple(a.bot_pct_lim),
+            rot_lim_deg=tuple(a.rot_lim_deg),
+            rand_flip=a.rand_flip,
+            train=True,
+        )
+        transforms = [image_aug, self._select]
+        target_split = self.target_split()
+        if target_split is None:
+            return make_dataset(
+                self._open(c.data.train_split),
+                batch_size=batch_size,
+                seed=seed,
+                window=c.data.window,
+                transforms=transforms,
+                process_index=process_index,
+                process_count=process_count,
+                worker_count=c.data.worker_count,
+            )
+        # Source and target windows in one Grain dataset (one checkpointed iterator state), independent shuffles.
+        shard = dict(window=c.data.window, process_index=process_index, process_count=process_count)
+        source = map_stream(self._open(c.data.train_split), seed=seed, transforms=transforms, **shard)
+        target = map_stream(
+            self._open(target_split),
+            seed=stream_seed(seed, TARGET_STREAM),
+            transforms=[image_aug, self._select_inputs],
+            **shard,
+        )
+        target_batch = int(c.data.get("target_batch_size", 0) or batch_size)
+        return zip_streams(
+            source,
+            batch_size,
+            {TARGET_STREAM: (target, target_batch)},
+            post=drop_target_labels,
             worker_count=c.data.worker_count,
         )
+
+    def _select_inputs(self, example: dict) -> dict:
+        return {k: example[k] for k in INPUT_KEYS if k in example}
 
     def eval_source(self):
         """Non-overlapping windows of ``config.data.window`` frames of the evaluation split."""
@@ -275,9 +335,14 @@ class NRSegTask(SupervisedTask):
         noisy = images.astype(jnp.float32) + sigma * jax.random.normal(rng, images.shape)
         return jnp.clip(jnp.round(noisy), 0, 255).astype(jnp.uint8)
 
-    def loss_terms(self, outputs: dict, aux: dict, batch: dict, step, teacher: dict | None) -> dict:
-        """The unweighted terms of the loss (scalars) from the student's ``outputs`` / ``aux`` and the teacher's
-        outputs (None: no consistency term)."""
+    def loss_terms(
+        self, outputs: dict, aux: dict, batch: dict, step, teacher: dict | None, target: tuple | None = None
+    ) -> dict:
+        """The unweighted terms of the loss (scalars) from the student's ``outputs`` / ``aux`` on the source batch
+        and the teacher's outputs (None: no consistency term). With ``target = (outputs, aux)``, the student's on
+        the target windows, the teacher's outputs are those of the target windows: the consistency compares them
+        with the target student's, and ``target_pv_dice`` (the target student's PV Dice against the teacher's PV
+        pseudo-labels) and ``target_temporal`` are added."""
         lc = self.config.loss
         w = self.sample_weights(batch)  # (b t)
         targets = _fold(self.targets(batch))  # (b t) x y k
@@ -309,32 +374,54 @@ class NRSegTask(SupervisedTask):
             depth = downsample_depth(_fold(batch["depth"]), self.geometry.stride)  # (b t) n fh fw
             terms["depth"] = depth_cross_entropy(_fold(outputs["depth_logits"]), depth, self.geometry.dbound)
         if teacher is not None:
+            student = outputs if target is None else target[0]
             terms["consistency"] = (
-                consistency_loss(jax.nn.sigmoid(outputs["logits"]), jax.nn.sigmoid(teacher["logits"]))
-                + consistency_loss(edl_probabilities(outputs["alpha"]), edl_probabilities(teacher["alpha"]))
+                consistency_loss(jax.nn.sigmoid(student["logits"]), jax.nn.sigmoid(teacher["logits"]))
+                + consistency_loss(edl_probabilities(student["alpha"]), edl_probabilities(teacher["alpha"]))
                 + self.config.mt.feature_weight
-                * consistency_loss(outputs["bev_feature"], teacher["bev_feature"])
+                * consistency_loss(student["bev_feature"], teacher["bev_feature"])
+            )
+        if target is not None:
+            t_out, t_aux = target
+            if teacher is not None:
+                labels = pseudo_labels(_fold(teacher["pv_logits"]), self.config.mt.pv_threshold, PV_IGNORE)
+                terms["target_pv_dice"] = pv_dice_loss(
+                    _fold(t_out["pv_logits"]), labels, NUM_PV_CLASSES, PV_IGNORE
+                )
+            terms["target_temporal"] = temporal_l1(
+                _fold(t_out["warped_prev"]), _fold(t_aux["bev_splat"]), _fold(t_out["warped_valid"])
             )
         return terms
 
     def term_weights(self, step) -> dict:
         """The weight of every term at ``step`` (the consistency ramp is a function of the step)."""
         lc, mt = self.config.loss, self.config.mt
+        ramp = consistency_weight(step, mt.ramp_steps, mt.ramp_low, mt.ramp_high)
         return {
             "dice": lc.dice_weight,
             "edl": lc.edl_weight,
             "pv_dice": lc.pv_weight,
             "temporal": lc.temporal_weight,
             "depth": lc.depth_weight,
-            "consistency": consistency_weight(step, mt.ramp_steps, mt.ramp_low, mt.ramp_high),
+            "consistency": ramp,
+            "target_pv_dice": mt.get("target_pv_weight", 0.5) * ramp,
+            "target_temporal": lc.temporal_weight,
         }
 
     def loss_fn(self, params, model_state, batch, rng, teacher=None, step=0):
+        """With a ``target`` stream in the batch, the student runs once on the source and target windows
+        concatenated (both noised; BatchNorm statistics over both), the teacher on the clean target windows."""
         noise_rng, dropout_rng = jax.random.split(rng)
         inputs = self._inputs(batch)
+        target = batch.get(TARGET_STREAM)
+        b = inputs["images"].shape[0]
+        teacher_in = inputs
+        if target is not None:
+            teacher_in = self._inputs(target)  # input keys only: the pipeline dropped the target's labels
+            inputs = jax.tree.map(lambda x, y: jnp.concatenate([x, y], 0), inputs, teacher_in)
         teacher_out = None
         if teacher is not None:
-            teacher_out, _ = self.model.apply(teacher, **inputs, train=False)
+            teacher_out, _ = self.model.apply(teacher, **teacher_in, train=False)
             teacher_out = jax.lax.stop_gradient(teacher_out)
         inputs = {**inputs, "images": self.student_images(inputs["images"], noise_rng)}
         (outputs, aux), updates = self.model.apply(
@@ -344,13 +431,18 @@ class NRSegTask(SupervisedTask):
             rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
         )
-        loss, metrics = self.assemble(outputs, aux, batch, step, teacher_out)
+        target_out = None
+        if target is not None:
+            target_out = jax.tree.map(lambda x: x[b:], (outputs, aux))
+            outputs, aux = jax.tree.map(lambda x: x[:b], (outputs, aux))
+        source = {k: v for k, v in batch.items() if k != TARGET_STREAM}
+        loss, metrics = self.assemble(outputs, aux, source, step, teacher_out, target_out)
         return loss, (metrics, updates)
 
-    def assemble(self, outputs: dict, aux: dict, batch: dict, step, teacher: dict | None):
+    def assemble(self, outputs: dict, aux: dict, batch: dict, step, teacher: dict | None, target=None):
         """``(loss, metrics)``: the weighted sum of :meth:`loss_terms` with :meth:`term_weights`; the metrics are
         the unweighted terms (and ``consistency_weight`` with a teacher)."""
-        terms = self.loss_terms(outputs, aux, batch, step, teacher)
+        terms = self.loss_terms(outputs, aux, batch, step, teacher, target)
         weights = self.term_weights(step)
         loss = sum(weights[k] * v for k, v in terms.items())
         metrics = dict(terms)
