@@ -21,7 +21,7 @@ from typing import Any
 import grain
 from grain.experimental import ZipMapDataset
 
-from bevjax.data.pipeline import WindowSource, _derived_seed, _ensure_absl_flags_parsed, _is_random
+from bevjax.data.pipeline import _derived_seed, _ensure_absl_flags_parsed, map_dataset
 
 
 def stream_seed(seed: int, name: str) -> int:
@@ -41,30 +41,17 @@ def map_stream(
     shuffle: bool = True,
 ) -> grain.MapDataset:
     """One stream, repeated forever, as :func:`make_dataset` builds it before ``to_iter_dataset``."""
-    if window > 1:
-        frames = frames_per_sequence or getattr(source, "frames_per_sequence", None)
-        if frames is None:
-            raise ValueError("window > 1 needs frames_per_sequence (or a source with that attribute)")
-        source = WindowSource(source, window, frames)
-    ds = grain.MapDataset.source(source).seed(seed)
-    if shuffle:
-        ds = ds.shuffle()
-    if process_count > 1:
-        ds = ds[process_index::process_count]
-    if len(ds) == 0:
-        raise ValueError(f"process {process_index} of {process_count} gets no element of {source!r}")
-    ds = ds.repeat(None)
-    if window > 1:
-        from bevjax.data.transforms import PerFrame
-
-        transforms = [t if isinstance(t, PerFrame) else PerFrame(t) for t in transforms]
-    for i, t in enumerate(transforms):
-        if _is_random(t):
-            fn = t if isinstance(t, grain.transforms.RandomMap) else t.random_map
-            ds = ds.random_map(fn, seed=_derived_seed(seed, process_index, i))
-        else:
-            ds = ds.map(t)
-    return ds
+    return map_dataset(
+        source,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=None,
+        transforms=transforms,
+        window=window,
+        frames_per_sequence=frames_per_sequence,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
 class _Nest:

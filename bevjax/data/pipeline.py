@@ -91,6 +91,53 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def map_dataset(
+    source: Sequence[Mapping],
+    *,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    transforms: Sequence[Any] = (),
+    window: int = 1,
+    window_stride: int = 1,
+    frames_per_sequence: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+    """The random-access part of :func:`make_dataset` (its arguments): windows, shuffle, this process's shard,
+    repeat, transforms; before ``to_iter_dataset`` and batching. :mod:`bevjax.data.mixing` zips such streams."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
+    if window > 1 or window_stride != 1:
+        frames = frames_per_sequence or getattr(source, "frames_per_sequence", None)
+        if frames is None:
+            raise ValueError(
+                "window > 1 needs frames_per_sequence (or a source with a frames_per_sequence attribute)"
+            )
+        source = WindowSource(source, window, frames, window_stride)
+
+    ds = grain.MapDataset.source(source).seed(seed)
+    if shuffle:
+        ds = ds.shuffle()
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    if len(ds) == 0:
+        raise ValueError(f"process {process_index} of {process_count} gets no element of {source!r}")
+    if num_epochs != 1:
+        ds = ds.repeat(num_epochs)
+    if window > 1:  # the same augmentation for every frame of a window
+        from bevjax.data.transforms import PerFrame
+
+        transforms = [t if isinstance(t, PerFrame) else PerFrame(t) for t in transforms]
+    for i, t in enumerate(transforms):
+        if _is_random(t):
+            fn = t if isinstance(t, grain.transforms.RandomMap) else t.random_map
+            ds = ds.random_map(fn, seed=_derived_seed(seed, process_index, i))
+        else:
+            ds = ds.map(t)
+    return ds
+
+
 def make_dataset(
     source: Sequence[Mapping],
     *,
@@ -142,35 +189,18 @@ def make_dataset(
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
-    if window > 1 or window_stride != 1:
-        frames = frames_per_sequence or getattr(source, "frames_per_sequence", None)
-        if frames is None:
-            raise ValueError(
-                "window > 1 needs frames_per_sequence (or a source with a frames_per_sequence attribute)"
-            )
-        source = WindowSource(source, window, frames, window_stride)
-
-    ds = grain.MapDataset.source(source).seed(seed)
-    if shuffle:
-        ds = ds.shuffle()
-    if process_count > 1:
-        ds = ds[process_index::process_count]
-    if len(ds) == 0:
-        raise ValueError(f"process {process_index} of {process_count} gets no element of {source!r}")
-    if num_epochs != 1:
-        ds = ds.repeat(num_epochs)
-    if window > 1:  # the same augmentation for every frame of a window
-        from bevjax.data.transforms import PerFrame
-
-        transforms = [t if isinstance(t, PerFrame) else PerFrame(t) for t in transforms]
-    for i, t in enumerate(transforms):
-        if _is_random(t):
-            fn = t if isinstance(t, grain.transforms.RandomMap) else t.random_map
-            ds = ds.random_map(fn, seed=_derived_seed(seed, process_index, i))
-        else:
-            ds = ds.map(t)
+    ds = map_dataset(
+        source,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        transforms=transforms,
+        window=window,
+        window_stride=window_stride,
+        frames_per_sequence=frames_per_sequence,
+        process_index=process_index,
+        process_count=process_count,
+    )
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
     )
