@@ -104,19 +104,32 @@ def _unwrap_text(err: BaseException) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+def load_config(spec: str):
+    """The config of ``spec`` = ``path/to/config.py[:variant]`` (its ``get_config(variant)``), as ``--config`` reads
+    it, without overrides.
+
+    Raises:
+      FileNotFoundError: no such config file.
+    """
+    import importlib.util
+
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} (of '{spec}') does not exist")
+    module_spec = importlib.util.spec_from_file_location("_bevjax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
+
+
 def _config_fields(argv: Sequence[str], parent: Sequence[str], name: str = "config") -> list[str] | None:
     """The field names under ``parent`` of the config file named by ``--name`` (no overrides), or None."""
-    import importlib.util
 
     values = _flag_values(argv, name)
     if not values:
         return None
-    path, _, variant = values[-1].partition(":")
     try:
-        spec = importlib.util.spec_from_file_location("_bevjax_config_fields", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        node = module.get_config(variant) if variant else module.get_config()
+        node = load_config(values[-1])
         for key in parent:
             node = node[key]
         return sorted(node.keys())

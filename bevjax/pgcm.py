@@ -307,6 +307,81 @@ def pgcm_scores(
     )
 
 
+def ensure_segmenter(segmenter: str, config_spec: str, data_dir: str = "") -> None:
+    """Trains the PV segmenter into ``segmenter`` with ``config_spec`` (``configs/pv_seg.py[:variant]``) when that
+    workdir has no checkpoint yet (an earlier stage of a training run that needs PGCM); else nothing.
+
+    Raises:
+      FileNotFoundError: no checkpoint and no ``config_spec`` to train one with.
+      RuntimeError: several processes (train the segmenter once beforehand).
+    """
+    directory = os.path.join(os.path.abspath(segmenter), "checkpoints")
+    if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+        return
+    if not config_spec:
+        raise FileNotFoundError(
+            f"no PV segmenter checkpoint in {segmenter}: train one (python -m bevjax.train --config "
+            f"configs/pv_seg.py --workdir {segmenter}) or set config.pgcm.segmenter_config to train it here"
+        )
+    if jax.process_count() > 1:
+        raise RuntimeError(
+            f"PGCM needs a PV segmenter in {segmenter}: train it once before the multi-process run "
+            f"(python -m bevjax.train --config {config_spec} --workdir {segmenter})"
+        )
+    from bevjax.cli import load_config
+    from bevjax.training.trainer import train_and_evaluate
+
+    config = load_config(config_spec)
+    if data_dir:
+        config.data.data_dir = data_dir
+    print(f"PGCM needs its PV segmenter: training {config_spec} into {segmenter} first", flush=True)
+    train_and_evaluate(config, segmenter)
+    print(f"PV segmenter trained into {segmenter}", flush=True)
+
+
+def synthetic_scores(
+    segmenter: str,
+    split: str,
+    *,
+    config_spec: str = "",
+    tau: float | None = None,
+    step: int = -1,
+    data_dir: str = "",
+    progress: bool = True,
+):
+    """The PGCM scores of a synthetic world split as a training run uses them: the split rendered in the
+    segmenter's own world settings (its cameras, image size and grid, ``split``'s domain as the only domain),
+    scored by the segmenter of ``segmenter`` (trained there first from ``config_spec`` when it has no checkpoint,
+    :func:`ensure_segmenter`), stored once and reused (:func:`pgcm_scores`).
+
+    Record ``i`` belongs to frame ``i`` of ``split`` in any world with the same world settings (``seed``,
+    ``frames_per_sequence``, sequence counts), whatever its image size or grid: the scene, its perturbation and
+    ``noise_level`` do not depend on them, and ``pgcm_noise_level`` lets a caller check the match.
+
+    Args:
+      segmenter: the segmenter's workdir (its ``config.json`` gives the settings).
+      split: a split of a ``*_synthetic`` domain, e.g. ``singapore_synthetic_train``.
+      config_spec: the config to train the segmenter with when ``segmenter`` has no checkpoint.
+      tau: the weight threshold (None: the segmenter config's ``pgcm.tau``).
+      step: the segmenter's checkpoint step (-1: the newest).
+      data_dir: the data dir of the world and of the scores (default: the segmenter config's).
+      progress: progress lines.
+    """
+    ensure_segmenter(segmenter, config_spec, data_dir)
+    from bevjax.tasks.pv_segmenter import PVSegmenterTask
+
+    config = run_config(segmenter)
+    domain = split.rsplit("_", 1)[0]
+    config.pgcm.domains = (domain,)
+    if tau is not None:
+        config.pgcm.tau = float(tau)
+    if data_dir:
+        config.data.data_dir = str(data_dir)
+    task = PVSegmenterTask(config)
+    source = task.open_split(split, split_data_config(config, split))
+    return pgcm_scores(source, config, segmenter, step=step, progress=progress)
+
+
 # Analysis ----------------------------------------------------------------------------------------------------
 
 

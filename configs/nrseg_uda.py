@@ -24,11 +24,32 @@ import ml_collections
 from bevjax.schema import BEV_CLASSES, NUSCENES_CAMERAS
 from bevjax.training.defaults import add_engine_sections
 
+SETTINGS = {
+    # setting: (source domain, target domain, PGCM tau of METHODS.md)
+    "city": ("boston", "singapore", 0.85),
+    "night": ("boston", "boston_night", 0.9),
+    "rain": ("boston", "boston_rain", 1.0),
+}
+MODIFIERS = ("real", "tiny", "nuscenes")
+
+
+def parse_variant(arg: str | None) -> tuple[str, set[str]]:
+    """``'night_real_tiny'`` -> ``('night', {'real', 'tiny'})``; ``'default'`` / ``None`` is the city setting."""
+    tokens = [t for t in (arg or "default").split("_") if t != "default"]
+    settings = [t for t in tokens if t in SETTINGS]
+    unknown = [t for t in tokens if t not in SETTINGS and t not in MODIFIERS]
+    if unknown or len(settings) > 1 or ("tiny" in tokens and "nuscenes" in tokens):
+        raise ValueError(
+            f"configs/nrseg_uda.py:{arg}: give at most one setting of {sorted(SETTINGS)} and modifiers "
+            f"{list(MODIFIERS)} joined by '_' (not both tiny and nuscenes), e.g. night, rain_real, tiny, "
+            "night_real_tiny, nuscenes"
+        )
+    return (settings[0] if settings else "city"), set(tokens) - set(settings)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or "default"
-    if variant not in ("default", "tiny"):
-        raise ValueError(f"configs/nrseg_uda.py:{variant}: choose from default, tiny")
+    setting, modifiers = parse_variant(arg)
+    source, target, tau = SETTINGS[setting]
     c = ml_collections.ConfigDict()
     c.task = "nrseg"
     c.seed = 0
@@ -42,18 +63,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "world"
     c.data.data_dir = ""  # default: $BEVJAX_DATA_DIR or ~/bevjax_data
-    c.data.domains = ("boston",)
+    c.data.domains = (source, target)
     c.data.train_sequences = 6
     c.data.val_sequences = 2
-    c.data.train_split = "boston_train"  # the (labelled) source domain
-    c.data.eval_split = "boston_val"
-    c.data.target_domains = ()  # UDA: unlabelled target domains (each must be in data.domains); () for none
-    c.data.target_split = ""  # default: <first target domain>_train
+    c.data.train_split = f"{source}_train"  # labelled
+    c.data.eval_split = f"{target}_val"
+    c.data.labelled_fraction = 1.0  # < 1: only the first sequences of train_split are labelled (configs/nrseg_ssl.py)
+    c.data.target_domains = (target,)  # UDA: unlabelled windows of <first>_train under batch['target']
+    c.data.target_split = ""  # an unlabelled split of config.data.domains instead (SSL: the train split itself)
     c.data.target_batch_size = 0  # 0: train.batch_size
+    # Labelled synthetic windows ('' for none): the domain's images are rendered from a perturbed scene, its labels
+    # are the true scene's (the world's stand-in for a driving world model; one world of its own).
+    c.data.synthetic_domain = f"{target}_synthetic"
+    c.data.synthetic_split = ""  # default <synthetic_domain>_train
+    c.data.synthetic_ratio = 0.5  # synthetic windows per labelled real window: round(ratio * batch) are appended
     c.data.worker_count = 0
     c.data.window = 2  # T frames per training window (streaming fusion across them)
     c.data.world = ml_collections.ConfigDict(
         dict(seed=0, frames_per_sequence=40, lidar_beams=8, lidar_azimuths=256)
+    )
+    c.data.nuscenes = ml_collections.ConfigDict(
+        dict(dataroot="", config="keyframes", image_hw=(900, 1600), num_points=35_000, num_sweeps=0, workers=0)
+    )
+
+    # PGCM weights of the synthetic frames (bevjax/pgcm.py): the PV segmenter of `segmenter` (trained there first
+    # with `segmenter_config` when it has no checkpoint) scores the synthetic split once (stored, reused).
+    c.pgcm = ml_collections.ConfigDict(
+        dict(
+            enabled=True,  # False: every synthetic frame has w = 1
+            segmenter="runs/pv_seg",
+            segmenter_config="configs/pv_seg.py",
+            step=-1,  # the segmenter's checkpoint step (-1: newest)
+            tau=tau,  # w = 1 if R > tau else R
+        )
     )
 
     c.model = ml_collections.ConfigDict()
@@ -67,6 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.remat = "none"
     c.model.dtype = "float32"
 
+    # The geometric augmentation (shared by teacher and student: their BEV outputs stay aligned).
     c.augment = ml_collections.ConfigDict(
         dict(resize_lim=(0.9, 1.1), bot_pct_lim=(0.0, 0.1), rot_lim_deg=(-5.4, 5.4), rand_flip=True)
     )
@@ -75,7 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(
         dict(
             dice_weight=1.0,
-            edl_weight=0.5,
+            edl_weight=0.5,  # 0: no evidential loss (the head is still there, untrained)
             pv_weight=0.5,
             temporal_weight=0.1,
             depth_weight=0.1,
@@ -84,7 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             visible_only=False,  # Dice over the visible cells only (the EDL term always is)
         )
     )
-    # Mean Teacher: consistency on the target batch (on the source batch itself without data.target_domains).
+    # Mean Teacher: consistency on the target batch (on the source batch itself without a target stream).
     c.mt = ml_collections.ConfigDict(
         dict(
             enabled=True,
@@ -93,7 +136,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ramp_low=0.002,
             ramp_high=0.1,
             feature_weight=0.1,  # BEV-feature MSE within the consistency
-            student_noise=8.0,  # Gaussian pixel noise (0-255) of the student's images
+            # The student's strong augmentation (bevjax/ops/photometric.py), per image, on top of the shared
+            # geometric one: brightness, contrast, saturation factors in [1 - a, 1 + a], pixel noise std (0-255).
+            strong=ml_collections.ConfigDict(dict(brightness=0.3, contrast=0.3, saturation=0.3, noise=8.0)),
             pv_threshold=0.9,  # teacher PV pseudo-labels on the target: pixels below this confidence are ignored
             target_pv_weight=0.5,  # x the consistency ramp: Dice_PV(target, PV pseudo-labels)
         )
@@ -125,15 +170,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
 
-    if variant == "tiny":
+    if "real" in modifiers:
+        c.data.synthetic_domain = ""
+    if "tiny" in modifiers:
         c.grid.xbound, c.grid.ybound = (-16.0, 16.0, 2.0), (-16.0, 16.0, 2.0)
         c.inputs.cameras = ("CAM_FRONT", "CAM_BACK")
         c.inputs.image_hw = (32, 96)
         c.data.world.frames_per_sequence = 4
         c.data.world.lidar_beams, c.data.world.lidar_azimuths = 2, 64
         c.data.train_sequences, c.data.val_sequences = 1, 1
-        c.data.domains = ("boston", "singapore")  # UDA Boston -> Singapore
-        c.data.target_domains = ("singapore",)
         c.model.dbound = (4.0, 44.0, 4.0)
         c.model.context_channels = 16
         c.model.trunk_depth = 0.1  # one MBConv block per stage
@@ -141,5 +186,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.batch_size = 2
         c.loss.edl_anneal_steps = 10
         c.mt.ramp_steps = 10
+        c.pgcm.segmenter, c.pgcm.segmenter_config = "runs/pv_seg_tiny", "configs/pv_seg.py:tiny"
         c.tensorboard = False
+    if "nuscenes" in modifiers:
+        # The paper's real setting on nuScenes keyframes (for accelerators). Its domain splits are
+        # bevjax/data/nuscenes/splits.py; nuScenes has no synthetic frames (a generated source comes later).
+        # Keyframe scenes differ in length, so windows are single frames (the fusion still runs, reset each one).
+        c.data.dataset = "nuscenes"
+        c.data.domains = ()
+        c.data.target_domains = ()
+        nus_source, nus_target = _NUSCENES_SETTINGS[setting]
+        c.data.train_split = f"{nus_source}_train"
+        c.data.target_split, c.data.eval_split = f"{nus_target}_train", f"{nus_target}_val"
+        c.data.synthetic_domain = ""
+        c.data.window = 1
+        c.grid.xbound, c.grid.ybound = (-50.0, 50.0, 0.5), (-50.0, 50.0, 0.5)
+        c.inputs.image_hw = (128, 352)
+        c.augment.resize_lim = (0.193, 0.225)  # of the 1600 x 900 images
+        c.augment.bot_pct_lim = (0.0, 0.22)
+        c.data.worker_count, c.data.nuscenes.workers = 4, 8
+        c.train.batch_size = 12
+        c.optim.lr = 3e-3
+        c.train.steps, c.train.log_every, c.train.checkpoint_every, c.train.eval_every = 30_000, 100, 2000, 5000
     return c
+
+
+_NUSCENES_SETTINGS = {"city": ("boston", "singapore"), "night": ("day", "night"), "rain": ("dry", "rain")}

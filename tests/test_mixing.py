@@ -4,6 +4,7 @@ make_dataset, independent per-stream batch sizes and an exact resume from the it
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bevjax.data.mixing import map_stream, stream_seed, zip_streams
 from bevjax.data.pipeline import make_dataset, make_iterator
@@ -52,3 +53,16 @@ def test_nested_batches_match_make_dataset_and_resume():
         r = next(resumed)
         np.testing.assert_array_equal(r["x"], b["x"])
         np.testing.assert_array_equal(r["target"]["x"], b["target"]["x"])
+
+
+def test_concat_streams_appends_examples_and_names_a_key_mismatch():
+    from bevjax.data.mixing import ConcatStreams
+
+    main = {"x": np.zeros((2, 3)), "w": np.ones(2)}
+    batch = {**main, "syn": {"x": np.full((1, 3), 7.0), "w": np.array([0.5])}, "target": {"x": np.ones((2, 3))}}
+    out = ConcatStreams(["syn"])(batch)
+    assert set(out) == {"x", "w", "target"}
+    np.testing.assert_array_equal(out["x"], [[0, 0, 0], [0, 0, 0], [7, 7, 7]])
+    np.testing.assert_array_equal(out["w"], [1, 1, 0.5])
+    with pytest.raises(ValueError, match="stream 'syn' has keys"):
+        ConcatStreams(["syn"])({**main, "syn": {"x": np.zeros((1, 3))}})

@@ -61,13 +61,68 @@ def fast_compile():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, fast_compile):
+    """The tiny config trained in process: Boston source, Singapore target stream, singapore_synthetic windows
+    weighted by PGCM with the session's tiny PV segmenter (tests/test_pv_segmenter.py)."""
     from bevjax.training.trainer import train_and_evaluate
+    from tests.test_pv_segmenter import tiny_run
 
+    _, segmenter, _ = tiny_run(tmp_path_factory)
     data_dir = tmp_path_factory.mktemp("data")
     workdir = tmp_path_factory.mktemp("nrseg")
     config = _config(data_dir)
+    config.pgcm.segmenter = str(segmenter)
     result = train_and_evaluate(config, str(workdir))
     return config, workdir, result
+
+
+def test_batches_mix_real_synthetic_and_target_windows(trained):
+    """Real windows (w = 1), then round(ratio * b) synthetic windows with their stored PGCM weights; the target
+    windows carry the model's inputs only."""
+    from bevjax import pgcm
+    from bevjax.data.pipeline import make_iterator
+    from bevjax.models.nrseg import INPUT_KEYS
+    from bevjax.tasks import make_task
+
+    config, _, _ = trained
+    task = make_task(config)
+    b, t = config.train.batch_size, config.data.window
+    n_syn = round(config.data.synthetic_ratio * b)
+    batch = next(make_iterator(task.train_dataset(0, b, 0, 1)))
+    assert batch["images"].shape[:2] == (b + n_syn, t)
+    w = batch["pgcm_weight"]
+    assert w.shape == (b + n_syn, t) and w.dtype == np.float32
+    np.testing.assert_array_equal(w[:b], 1.0)
+    scores = pgcm.synthetic_scores(
+        config.pgcm.segmenter, task.synthetic_split(), tau=config.pgcm.tau, data_dir=config.data.data_dir,
+        progress=False,
+    )  # fmt: skip
+    stored = {float(scores[i]["pgcm_weight"]) for i in range(len(scores))}
+    assert {float(x) for x in w[b:].ravel()} <= stored
+    assert set(batch["target"]) == set(INPUT_KEYS) & set(batch["target"]) and "bev_labels" not in batch["target"]
+    assert batch["target"]["images"].shape[:2] == (b, t)
+    assert np.asarray(task.sample_weights(batch)).shape == ((b + n_syn) * t,)
+
+
+def test_labelled_fraction_keeps_the_first_sequences(trained, monkeypatch):
+    from bevjax.tasks import make_task
+
+    config, _, _ = trained
+
+    class Frames(list):
+        frames_per_sequence = 4
+        spec = None
+
+    frames = Frames({"sequence": s, "frame": f} for s in range(8) for f in range(4))
+    task = make_task(config.copy_and_resolve_references())  # a copy: the fractions below stay in this test
+    monkeypatch.setattr(task, "_open", lambda split: frames)
+    for fraction, sequences in ((1.0, 8), (0.5, 4), (0.125, 1), (0.01, 1)):
+        task.config.data.labelled_fraction = fraction
+        source = task.labelled_source()
+        assert len(source) == 4 * sequences and source.frames_per_sequence == 4
+        assert {source[i]["sequence"] for i in range(len(source))} == set(range(sequences))
+    task.config.data.labelled_fraction = 0.0
+    with pytest.raises(ValueError, match="labelled_fraction"):
+        task.labelled_source()
 
 
 def test_trains_with_every_term(trained):
@@ -126,9 +181,9 @@ def test_loss_assembly_equals_hand_composed_sum(trained):
     batch = next(iter(task.train_dataset(0, 2, 0, 1)))
     # The target windows carry the model's inputs only: the pipeline dropped their labels.
     assert set(batch["target"]) == set(INPUT_KEYS)
-    assert batch["target"]["images"].shape == batch["images"].shape
-    assert not np.array_equal(batch["target"]["images"], batch["images"])  # another domain
-    batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "target"}
+    assert batch["target"]["images"].shape == batch["images"][:2].shape  # the synthetic window follows
+    assert not np.array_equal(batch["target"]["images"], batch["images"][:2])  # another domain
+    batch = {k: jnp.asarray(v[:2]) for k, v in batch.items() if k != "target"}  # the 2 real windows
     batch["pgcm_weight"] = jnp.array([1.0, 0.4])
     inputs = {k: batch[k] for k in INPUT_KEYS}
     variables = jax.eval_shape(lambda x: task.model.init(jax.random.key(0), **x, train=False), inputs)

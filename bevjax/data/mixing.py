@@ -8,6 +8,9 @@ nests them::
 
     batch = {**main_batch, name: other_batch, ...}
 
+:class:`ConcatStreams` (a ``post`` of :func:`zip_streams`) instead appends a nested stream's examples to the main
+batch (e.g. labelled synthetic windows after the real ones: one labelled batch of ``b_real + b_synthetic``).
+
 Everything before ``to_iter_dataset`` is a ``MapDataset``, so batch ``k`` is a pure function of the seeds and
 ``k``: one iterator state (``get_state`` / ``set_state``) covers all the streams and a resumed run draws the same
 batches. With the main stream's seed the main batches are those of ``make_dataset`` with the same arguments.
@@ -19,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
+import numpy as np
 from grain.experimental import ZipMapDataset
 
 from bevjax.data.pipeline import _derived_seed, _ensure_absl_flags_parsed, map_dataset
@@ -66,6 +70,27 @@ class _Nest:
         if clash:
             raise ValueError(f"stream names {clash} are keys of the main stream's batch")
         return {**main, **dict(zip(self.names, others, strict=True))}
+
+
+class ConcatStreams:
+    """``{**main, name: other}`` -> ``main`` with ``other``'s examples appended along the batch axis, for each
+    name in ``names`` (picklable; a ``post`` of :func:`zip_streams`)."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = tuple(names)
+
+    def __call__(self, batch: dict) -> dict:
+        batch = dict(batch)
+        for name in self.names:
+            other = batch.pop(name)
+            main_keys = {k for k, v in batch.items() if not isinstance(v, Mapping)}  # not the nested streams
+            if set(other) != main_keys:
+                raise ValueError(
+                    f"stream '{name}' has keys {sorted(other)}, the main stream {sorted(main_keys)}: give both the "
+                    "same keys to append one to the other"
+                )
+            batch.update({k: np.concatenate([batch[k], other[k]], 0) for k in other})
+        return batch
 
 
 def zip_streams(

@@ -55,8 +55,10 @@ import numpy as np
 
 from bevjax.data import transforms as T
 from bevjax.data.datasets import open_splits
-from bevjax.data.mixing import map_stream, stream_seed, zip_streams
+from bevjax.data.derived import ZipSource
+from bevjax.data.mixing import ConcatStreams, map_stream, stream_seed, zip_streams
 from bevjax.data.pipeline import WindowSource, make_dataset
+from bevjax.data.sources import SubsetSource
 from bevjax.geometry.grid import BEVGrid
 from bevjax.losses.nrseg import (
     consistency_loss,
@@ -80,6 +82,7 @@ from bevjax.models.bidpp import (
 )
 from bevjax.models.lss import LSSGeometry
 from bevjax.models.nrseg import INPUT_KEYS, NUM_PV_CLASSES, PV_IGNORE, NRSeg, to_pv_classes
+from bevjax.ops.photometric import strong_augment
 from bevjax.schema import BEV_CLASS_ID
 from bevjax.tasks.base import SupervisedTask
 from bevjax.training.state import (
@@ -95,6 +98,7 @@ from bevjax.viz.layout import upscale
 TARGET_KEYS = ("bev_labels", "bev_visibility")
 OPTIONAL_KEYS = ("pv_labels", "depth", "pgcm_weight")
 TARGET_STREAM = "target"  # the batch key of the unlabelled target-domain windows
+SYNTHETIC_STREAM = "synthetic"  # the labelled synthetic windows, appended to the source batch in the pipeline
 
 
 def drop_target_labels(batch: dict) -> dict:
@@ -104,6 +108,26 @@ def drop_target_labels(batch: dict) -> dict:
         return batch
     target = batch[TARGET_STREAM]
     return {**batch, TARGET_STREAM: {k: target[k] for k in INPUT_KEYS if k in target}}
+
+
+def unit_weight(example: dict) -> dict:
+    """A frame with ``pgcm_weight = 1`` unless it has one (real frames; synthetic ones without PGCM)."""
+    if "pgcm_weight" in example:
+        return example
+    return {**example, "pgcm_weight": np.float32(1.0)}
+
+
+class _Post:
+    """The pipeline's last step on a training batch: synthetic windows appended to the source windows, the
+    target windows reduced to the model's inputs (picklable)."""
+
+    def __init__(self, synthetic: bool):
+        self.concat = ConcatStreams([SYNTHETIC_STREAM]) if synthetic else None
+
+    def __call__(self, batch: dict) -> dict:
+        if self.concat is not None:
+            batch = self.concat(batch)
+        return drop_target_labels(batch)
 
 
 def _fold(x):
@@ -231,23 +255,102 @@ class NRSegTask(SupervisedTask):
         return {k: example[k] for k in keys if k in example}
 
     def target_split(self) -> str | None:
-        """The unlabelled target-domain split (``config.data.target_split``, default ``<first target domain>_train``),
-        or None without ``config.data.target_domains``."""
+        """The unlabelled split of the Mean Teacher's target stream, or None: ``config.data.target_split`` (SSL:
+        the labelled split itself), else ``<first of config.data.target_domains>_train`` (UDA), else none."""
         d = self.config.data
         domains = tuple(d.get("target_domains", ()) or ())
-        if not domains:
-            return None
         missing = [x for x in domains if x not in tuple(d.domains)]
         if missing:
             raise ValueError(
                 f"config.data.target_domains {missing} are not in config.data.domains ({d.domains})"
             )
-        return d.get("target_split", "") or f"{domains[0]}_train"
+        if d.get("target_split", ""):
+            return str(d.target_split)
+        return f"{domains[0]}_train" if domains else None
 
-    def train_dataset(self, seed: int, batch_size: int, process_index: int, process_count: int):
+    def synthetic_split(self) -> str | None:
+        """The labelled synthetic split (``config.data.synthetic_split``, default ``<synthetic_domain>_train``), or
+        None without ``config.data.synthetic_domain``."""
+        d = self.config.data
+        domain = d.get("synthetic_domain", "")
+        if not domain:
+            return None
+        if d.dataset != "world":
+            raise ValueError(
+                f"config.data.synthetic_domain='{domain}': synthetic data comes from the world only, not from "
+                f"config.data.dataset='{d.dataset}' (set config.data.synthetic_domain='')"
+            )
+        if not domain.endswith("_synthetic"):
+            raise ValueError(
+                f"config.data.synthetic_domain='{domain}' is not a synthetic domain: use <domain>_synthetic, "
+                "e.g. 'singapore_synthetic'"
+            )
+        return d.get("synthetic_split", "") or f"{domain}_train"
+
+    def labelled_source(self):
+        """The labelled source split; with ``config.data.labelled_fraction`` f < 1 only its first
+        ``max(1, round(f * sequences))`` sequences (semi-supervised settings: the rest is unlabelled)."""
+        source = self._open(self.config.data.train_split)
+        fraction = float(self.config.data.get("labelled_fraction", 1.0))
+        if fraction >= 1.0:
+            return source
+        if not 0.0 < fraction:
+            raise ValueError(f"config.data.labelled_fraction={fraction}: give a fraction in (0, 1]")
+        f = getattr(source, "frames_per_sequence", None)
+        if f is None:
+            raise ValueError(
+                f"config.data.labelled_fraction={fraction} needs a split of sequences (the world's); "
+                f"{self.config.data.train_split} has none"
+            )
+        sequences = max(1, round(fraction * (len(source) // f)))
+        subset = SubsetSource(source, list(range(sequences * f)), f"{self.config.data.train_split}[:{sequences}seq]")
+        subset.frames_per_sequence = f
+        return subset
+
+    def synthetic_source(self):
+        """The synthetic split (in a world of its own domain, with this config's world settings) with its PGCM
+        ``pgcm_weight`` per frame (``config.pgcm.enabled``; :func:`bevjax.pgcm.synthetic_scores`, computed once by
+        the segmenter of ``config.pgcm.segmenter``), or None without synthetic data."""
+        split = self.synthetic_split()
+        if split is None:
+            return None
+        c = self.config
+        data = ml_collections.ConfigDict(c.data.to_dict())
+        data.domains = (split.rsplit("_", 1)[0],)
+        source = open_splits(
+            data, self.grid, [split], cameras=tuple(c.inputs.cameras), image_hw=tuple(c.inputs.image_hw)
+        )[split]
+        if not c.pgcm.enabled:
+            return source
+        from bevjax import pgcm
+
+        scores = pgcm.synthetic_scores(
+            c.pgcm.segmenter,
+            split,
+            config_spec=c.pgcm.get("segmenter_config", ""),
+            tau=float(c.pgcm.tau),
+            step=int(c.pgcm.get("step", -1)),
+            data_dir=str(c.data.get("data_dir", "")),
+        )
+        n = len(source)
+        same = len(scores) == n and all(
+            np.isclose(float(source[i]["noise_level"]), float(scores[i]["pgcm_noise_level"]))
+            for i in sorted({0, n // 2, n - 1})
+        )
+        if not same:
+            raise ValueError(
+                f"the PGCM scores of {split} ({len(scores)} frames, from the world of the segmenter in "
+                f"{c.pgcm.segmenter}) are not those of this run's {split} ({n} frames): give config.data.world, "
+                "train_sequences and val_sequences the segmenter config's values"
+            )
+        zipped = ZipSource(source, scores)
+        zipped.frames_per_sequence = source.frames_per_sequence
+        return zipped
+
+    def _image_aug(self) -> T.ImageAug:
         c = self.config
         a = c.augment
-        image_aug = T.ImageAug(
+        return T.ImageAug(
             final_hw=tuple(c.inputs.image_hw),
             resize_lim=tuple(a.resize_lim),
             bot_pct_lim=tuple(a.bot_pct_lim),
@@ -255,11 +358,18 @@ class NRSegTask(SupervisedTask):
             rand_flip=a.rand_flip,
             train=True,
         )
-        transforms = [image_aug, self._select]
-        target_split = self.target_split()
-        if target_split is None:
+
+    def train_dataset(self, seed: int, batch_size: int, process_index: int, process_count: int):
+        """Source windows [+ synthetic windows appended, ``round(config.data.synthetic_ratio * batch)`` of them]
+        [+ unlabelled target windows under ``'target'``], one Grain dataset (one checkpointed iterator state)."""
+        c = self.config
+        image_aug = self._image_aug()
+        labelled = self.labelled_source()
+        target_split, synthetic = self.target_split(), self.synthetic_source()
+        transforms = [image_aug, unit_weight, self._select] if synthetic is not None else [image_aug, self._select]
+        if target_split is None and synthetic is None:
             return make_dataset(
-                self._open(c.data.train_split),
+                labelled,
                 batch_size=batch_size,
                 seed=seed,
                 window=c.data.window,
@@ -268,22 +378,30 @@ class NRSegTask(SupervisedTask):
                 process_count=process_count,
                 worker_count=c.data.worker_count,
             )
-        # Source and target windows in one Grain dataset (one checkpointed iterator state), independent shuffles.
+        # Independent shuffles (seeds derived from the run's seed and the stream's name), zipped by index.
         shard = dict(window=c.data.window, process_index=process_index, process_count=process_count)
-        source = map_stream(self._open(c.data.train_split), seed=seed, transforms=transforms, **shard)
-        target = map_stream(
-            self._open(target_split),
-            seed=stream_seed(seed, TARGET_STREAM),
-            transforms=[image_aug, self._select_inputs],
-            **shard,
-        )
-        target_batch = int(c.data.get("target_batch_size", 0) or batch_size)
+        source = map_stream(labelled, seed=seed, transforms=transforms, **shard)
+        others = {}
+        if synthetic is not None:
+            n_syn = max(1, round(float(c.data.synthetic_ratio) * batch_size))
+            syn = map_stream(
+                synthetic,
+                seed=stream_seed(seed, SYNTHETIC_STREAM),
+                transforms=transforms,
+                frames_per_sequence=synthetic.frames_per_sequence,
+                **shard,
+            )
+            others[SYNTHETIC_STREAM] = (syn, n_syn)
+        if target_split is not None:
+            target = map_stream(
+                self._open(target_split),
+                seed=stream_seed(seed, TARGET_STREAM),
+                transforms=[image_aug, self._select_inputs],
+                **shard,
+            )
+            others[TARGET_STREAM] = (target, int(c.data.get("target_batch_size", 0) or batch_size))
         return zip_streams(
-            source,
-            batch_size,
-            {TARGET_STREAM: (target, target_batch)},
-            post=drop_target_labels,
-            worker_count=c.data.worker_count,
+            source, batch_size, others, post=_Post(synthetic is not None), worker_count=c.data.worker_count
         )
 
     def _select_inputs(self, example: dict) -> dict:
@@ -328,12 +446,13 @@ class NRSegTask(SupervisedTask):
         return jnp.broadcast_to(w if w.ndim == 2 else w[:, None], (b, t)).reshape(-1)
 
     def student_images(self, images, rng) -> jnp.ndarray:
-        """The student's images: the window with Gaussian pixel noise (``config.mt.student_noise``, 0-255)."""
-        sigma = float(self.config.mt.student_noise)
-        if not sigma:
-            return images
-        noisy = images.astype(jnp.float32) + sigma * jax.random.normal(rng, images.shape)
-        return jnp.clip(jnp.round(noisy), 0, 255).astype(jnp.uint8)
+        """The student's images: the window with the strong photometric augmentation of ``config.mt.strong``
+        (:func:`bevjax.ops.photometric.strong_augment`: brightness, contrast, saturation, pixel noise; one draw
+        per image). The teacher sees the windows without it (their geometric augmentation is shared)."""
+        st = self.config.mt.strong
+        return strong_augment(
+            images, rng, brightness=st.brightness, contrast=st.contrast, saturation=st.saturation, noise=st.noise
+        )
 
     def loss_terms(
         self, outputs: dict, aux: dict, batch: dict, step, teacher: dict | None, target: tuple | None = None
