@@ -347,16 +347,18 @@ def synthetic_scores(
     tau: float | None = None,
     step: int = -1,
     data_dir: str = "",
+    world: dict | None = None,
     progress: bool = True,
 ):
-    """The PGCM scores of a synthetic world split as a training run uses them: the split rendered in the
-    segmenter's own world settings (its cameras, image size and grid, ``split``'s domain as the only domain),
+    """The PGCM scores of a synthetic world split as a training run uses them: the split rendered as the
+    segmenter sees images (its cameras, image size and grid, ``split``'s domain as the only domain),
     scored by the segmenter of ``segmenter`` (trained there first from ``config_spec`` when it has no checkpoint,
     :func:`ensure_segmenter`), stored once and reused (:func:`pgcm_scores`).
 
     Record ``i`` belongs to frame ``i`` of ``split`` in any world with the same world settings (``seed``,
-    ``frames_per_sequence``, sequence counts), whatever its image size or grid: the scene, its perturbation and
-    ``noise_level`` do not depend on them, and ``pgcm_noise_level`` lets a caller check the match.
+    ``frames_per_sequence``, sequence counts; ``world`` gives the run's), whatever its image size or grid: the
+    scene, its perturbation and ``noise_level`` do not depend on them, and ``pgcm_noise_level`` lets a caller
+    check the match.
 
     Args:
       segmenter: the segmenter's workdir (its ``config.json`` gives the settings).
@@ -365,6 +367,8 @@ def synthetic_scores(
       tau: the weight threshold (None: the segmenter config's ``pgcm.tau``).
       step: the segmenter's checkpoint step (-1: the newest).
       data_dir: the data dir of the world and of the scores (default: the segmenter config's).
+      world: the run's world settings ``{'world': config.data.world, 'train_sequences': ..., 'val_sequences':
+        ...}`` (None: the segmenter config's).
       progress: progress lines.
     """
     ensure_segmenter(segmenter, config_spec, data_dir)
@@ -377,6 +381,8 @@ def synthetic_scores(
         config.pgcm.tau = float(tau)
     if data_dir:
         config.data.data_dir = str(data_dir)
+    for key, value in (world or {}).items():
+        config.data[key] = ml_collections.ConfigDict(dict(value)) if isinstance(value, dict) else value
     task = PVSegmenterTask(config)
     source = task.open_split(split, split_data_config(config, split))
     return pgcm_scores(source, config, segmenter, step=step, progress=progress)

@@ -289,7 +289,8 @@ class NRSegTask(SupervisedTask):
 
     def labelled_source(self):
         """The labelled source split; with ``config.data.labelled_fraction`` f < 1 only its first
-        ``max(1, round(f * sequences))`` sequences (semi-supervised settings: the rest is unlabelled)."""
+        ``max(1, round(f * sequences))`` sequences (semi-supervised settings: the rest is unlabelled), or its first
+        ``round(f * records)`` records for a split without fixed-length sequences."""
         source = self._open(self.config.data.train_split)
         fraction = float(self.config.data.get("labelled_fraction", 1.0))
         if fraction >= 1.0:
@@ -297,11 +298,9 @@ class NRSegTask(SupervisedTask):
         if not 0.0 < fraction:
             raise ValueError(f"config.data.labelled_fraction={fraction}: give a fraction in (0, 1]")
         f = getattr(source, "frames_per_sequence", None)
-        if f is None:
-            raise ValueError(
-                f"config.data.labelled_fraction={fraction} needs a split of sequences (the world's); "
-                f"{self.config.data.train_split} has none"
-            )
+        if f is None:  # records without fixed-length sequences (nuScenes keyframes, scene by scene): the first ones
+            n = max(1, round(fraction * len(source)))
+            return SubsetSource(source, list(range(n)), f"{self.config.data.train_split}[:{n}]")
         sequences = max(1, round(fraction * (len(source) // f)))
         subset = SubsetSource(source, list(range(sequences * f)), f"{self.config.data.train_split}[:{sequences}seq]")
         subset.frames_per_sequence = f
@@ -331,6 +330,11 @@ class NRSegTask(SupervisedTask):
             tau=float(c.pgcm.tau),
             step=int(c.pgcm.get("step", -1)),
             data_dir=str(c.data.get("data_dir", "")),
+            world={
+                "world": c.data.world.to_dict(),
+                "train_sequences": int(c.data.train_sequences),
+                "val_sequences": int(c.data.val_sequences),
+            },
         )
         n = len(source)
         same = len(scores) == n and all(
@@ -340,8 +344,8 @@ class NRSegTask(SupervisedTask):
         if not same:
             raise ValueError(
                 f"the PGCM scores of {split} ({len(scores)} frames, from the world of the segmenter in "
-                f"{c.pgcm.segmenter}) are not those of this run's {split} ({n} frames): give config.data.world, "
-                "train_sequences and val_sequences the segmenter config's values"
+                f"{c.pgcm.segmenter}) are not those of this run's {split} ({n} frames): the world settings "
+                "differ (a bug: they are passed on)"
             )
         zipped = ZipSource(source, scores)
         zipped.frames_per_sequence = source.frames_per_sequence
