@@ -166,6 +166,7 @@ def test_eval_json_has_both_heads_and_uncertainty(trained):
         assert key in saved and key in result, key
     assert 0 <= saved["edl/AUROC"] <= 1 and 0 <= saved["edl/ECE"] <= 1 and 0 <= saved["mult/ECE"] <= 1
     assert (workdir / "prediction.png").stat().st_size > 1000
+    assert (workdir / "reliability.png").stat().st_size > 1000  # the evaluator's own picture
 
 
 def test_loss_assembly_equals_hand_composed_sum(trained):

@@ -41,7 +41,7 @@ Loss of one step (every weight a field of ``config.loss`` / ``config.mt``; frame
   AUROC of the fused cell uncertainty (:func:`hierarchical_uncertainty`) for wrong cells and ECE of the EDL
   probabilities (``edl/AUROC``, ``edl/ECE``), and the multinomial head's ECE (``mult/ECE``). The picture
   (``prediction.png``) shows the cameras, the teacher's multinomial prediction, the ground truth, the cell
-  uncertainty map and the reliability diagram of the evidential probabilities over the evaluation pass.
+  uncertainty map; ``reliability.png`` the reliability diagrams of both heads over the evaluation pass.
 """
 
 from __future__ import annotations
@@ -184,7 +184,6 @@ class UncertaintyEvaluator:
 
     def __init__(self, task: NRSegTask, predictions: _Predictions):
         self.predictions = predictions
-        task.last_calibration = self  # the picture adds this pass's reliability diagram
         threshold = task.config.eval.threshold
         self.auroc = AUROCAccumulator(None, threshold=threshold)
         self.ece = {"edl": CalibrationAccumulator(task.classes), "mult": CalibrationAccumulator(task.classes)}
@@ -203,6 +202,20 @@ class UncertaintyEvaluator:
         for head, acc in self.ece.items():
             out.update({f"{head}/{k}": v for k, v in acc.result().items()})
         return out
+
+    def pictures(self) -> dict[str, np.ndarray]:
+        """``reliability.png``: the reliability diagrams of the evidential probabilities and of the multinomial
+        sigmoid over the pass, side by side (nothing before an update)."""
+        if not self.ece["edl"].counts.sum():
+            return {}
+        return {
+            "reliability": layout.hstack(
+                [
+                    reliability_diagram_png(self.ece["edl"].reliability(), title="Evidential head (EDL probabilities)"),
+                    reliability_diagram_png(self.ece["mult"].reliability(), title="Multinomial head (sigmoid)"),
+                ]
+            )
+        }
 
     def table(self) -> str:
         return "\n".join(
@@ -621,9 +634,8 @@ class NRSegTask(SupervisedTask):
 
     def picture(self, variables, example: dict) -> np.ndarray:
         """The window's last frame: cameras, the multinomial head's prediction, ground truth, and below them the
-        evidential cell uncertainty (white 0, black 1) and, after an evaluation pass of this task object (the
-        engine's final report), the reliability diagram of the evidential probabilities over that pass (the
-        evaluator protocol has no workdir to write it to as a file of its own)."""
+        evidential cell uncertainty (white 0, black 1). (The reliability diagrams of the evaluation pass go to
+        ``reliability.png``: :meth:`UncertaintyEvaluator.pictures`.)"""
         batch = jax.tree.map(lambda x: np.asarray(x)[None], example)
         p = jax.tree.map(lambda a: np.asarray(a)[-1], self.predict(variables, batch))  # last frame
         th = self.config.eval.threshold
@@ -643,9 +655,5 @@ class NRSegTask(SupervisedTask):
         u = np.clip(p["uncertainty"], 0.0, 1.0)[::-1, ::-1]  # forward up, as the BEV panels
         gray = np.repeat((255 * (1.0 - u)).astype(np.uint8)[..., None], 3, -1)
         k = max(1, layout.MIN_BEV // gray.shape[0])
-        panels = [layout.titled(upscale(gray, k), "evidential cell uncertainty (white 0, black 1)")]
-        calibration = getattr(self, "last_calibration", None)
-        if calibration is not None and calibration.ece["edl"].counts.sum():
-            bins = calibration.ece["edl"].reliability()
-            panels.append(reliability_diagram_png(bins, title="Reliability of the evidential probabilities"))
-        return layout.vstack([top, layout.hstack(panels)])
+        panel = layout.titled(upscale(gray, k), "evidential cell uncertainty (white 0, black 1)")
+        return layout.vstack([top, panel])

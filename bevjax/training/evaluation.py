@@ -96,7 +96,8 @@ def finish(
     source=None,
     name: str = "",
 ) -> dict:
-    """Final evaluation: the evaluators' tables on stdout, ``eval.json`` and ``prediction.png`` in ``workdir``.
+    """Final evaluation: the evaluators' tables on stdout, ``eval.json`` and ``prediction.png`` in ``workdir``,
+    and ``<name>.png`` for every picture of an evaluator that has ``pictures() -> {name: rgb array}``.
 
     ``source`` (with its ``name``, e.g. ``nuscenes/v1.0-mini``) replaces the config's evaluation split; the
     files are then ``eval_<dataset>.json`` and ``prediction_<dataset>.png``. The picture's example carries the
@@ -121,5 +122,9 @@ def finish(
         raw = source[min(config.eval.picture_index, len(source) - 1)]
         example = with_source_images(task, task.eval_example(raw), raw)
         path = save_png(task.picture(variables, example), os.path.join(workdir, f"prediction{suffix}.png"))
-        print(f"wrote {result_path} and {path}", flush=True)
+        written = [result_path, path]
+        for ev in evaluators:  # an evaluator's own pictures over the pass (e.g. a reliability diagram)
+            for picture_name, picture in getattr(ev, "pictures", dict)().items():
+                written.append(save_png(picture, os.path.join(workdir, f"{picture_name}{suffix}.png")))
+        print(f"wrote {', '.join(written[:-1])} and {written[-1]}", flush=True)
     return res
