@@ -265,3 +265,26 @@ def test_loss_assembly_equals_hand_composed_sum(trained):
         assert float(metrics[name]) == pytest.approx(float(value), rel=1e-5), name
         assert float(value) > 0, name
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_config_variants_name_their_settings():
+    from bevjax.cli import load_config
+
+    expect = {
+        "configs/nrseg_uda.py": ("boston_train", ("singapore",), "", "singapore_val", "singapore_synthetic", 0.85),
+        "configs/nrseg_uda.py:night": ("boston_train", ("boston_night",), "", "boston_night_val",
+                                       "boston_night_synthetic", 0.9),
+        "configs/nrseg_uda.py:rain_real_tiny": ("boston_train", ("boston_rain",), "", "boston_rain_val", "", 1.0),
+        "configs/nrseg_uda.py:night_nuscenes": ("day_train", (), "night_train", "night_val", "", 0.9),
+        "configs/nrseg_ssl.py": ("boston_train", (), "boston_train", "boston_val", "boston_synthetic", 0.85),
+        "configs/nrseg_ssl.py:half_real": ("boston_train", (), "boston_train", "boston_val", "", 0.85),
+    }  # fmt: skip
+    for spec, (train, target_domains, target_split, evaluation, synthetic, tau) in expect.items():
+        d = load_config(spec).data
+        got = (d.train_split, tuple(d.target_domains), d.target_split, d.eval_split, d.synthetic_domain)
+        assert got == (train, target_domains, target_split, evaluation, synthetic), spec
+        assert load_config(spec).pgcm.tau == tau, spec
+    assert load_config("configs/nrseg_ssl.py:quarter").data.labelled_fraction == 0.25
+    for bad in ("configs/nrseg_uda.py:nite", "configs/nrseg_uda.py:night_rain", "configs/nrseg_ssl.py:third"):
+        with pytest.raises(ValueError, match="joined by '_'"):
+            load_config(bad)
