@@ -1,20 +1,30 @@
-"""NRSeg (METHODS.md section 2) on the embedded driving world: supervised source training with a Mean Teacher.
+"""NRSeg (METHODS.md section 2) on the embedded driving world: unsupervised domain adaptation with noisy synthetic
+data weighted by PGCM, BiDPP/HLSE heads, a Mean Teacher and streaming temporal fusion.
 
-Windows of ``data.window`` frames of the labelled source split: Dice + EDL (HLSE) + PV Dice + temporal L1 + depth
-CE. With ``data.target_domains`` (UDA, e.g. Boston -> Singapore) every batch also carries unlabelled windows of
-``data.target_split`` (default ``<first target domain>_train``; its labels are dropped in the pipeline) under
-``'target'``: the Mean Teacher's consistency and the PV Dice against the teacher's PV pseudo-labels
-(``mt.pv_threshold``) run on them, the teacher on the clean windows, the student with pixel noise
-(``mt.student_noise``). Without target domains the consistency runs on the source batch itself. The teacher is
-evaluated. See ``bevjax/tasks/nrseg.py``. Not yet here: synthetic data with PGCM weights in the training mix (the
-task reads a batch's ``pgcm_weight`` when present), the semi-supervised and nuScenes variants.
+Every batch holds ``train.batch_size`` labelled windows of ``data.window`` frames of the source split, then
+``round(data.synthetic_ratio * batch)`` labelled windows of ``data.synthetic_domain`` (images rendered from a
+perturbed scene, labels of the true one: the world's stand-in for a driving world model) whose Dice and EDL
+terms are weighted by their PGCM weight (``pgcm``: the PV segmenter of ``runs/pv_seg`` scores the synthetic split
+once; it is trained there first with ``configs/pv_seg.py``, about 13 minutes on 2 cores, when missing), and
+unlabelled windows of the target domain under ``'target'`` (labels dropped in the pipeline) for the Mean Teacher:
+consistency and PV pseudo-label Dice against the EMA teacher, which sees them without the student's strong
+photometric augmentation (``mt.strong``) and is what is evaluated. See ``bevjax/tasks/nrseg.py``.
 
-Default (a CPU run; prepares its world data on first use):
+Settings (variant; METHODS.md's PGCM tau): ``city`` (default) Boston -> Singapore, tau 0.85; ``night`` Boston ->
+Boston night, 0.9; ``rain`` Boston -> Boston rain, 1.0. Modifiers, joined by '_': ``real`` (no synthetic data),
+``tiny`` (tests), ``nuscenes`` (the real setting). Semi-supervised settings: ``configs/nrseg_ssl.py``.
+
+Default (a CPU run; renders its world data and, when missing, trains the PGCM segmenter on first use):
     python -m bevjax.train --config configs/nrseg_uda.py --workdir runs/nrseg
-Tiny (tests and smoke checks: 2 cameras 32x96, 16x16 grid at 2 m, 3 steps):
+    python -m bevjax.train --config configs/nrseg_uda.py:night_real --workdir runs/nrseg_night_real
+Tiny (tests and smoke checks: 2 cameras 32x96, 16x16 grid at 2 m, 3 steps; its segmenter runs/pv_seg_tiny):
     python -m bevjax.train --config configs/nrseg_uda.py:tiny --workdir runs/nrseg_tiny
-Evaluate the latest checkpoint (the EMA teacher; writes eval.json and prediction.png):
+nuScenes (for accelerators: 128x352, 200x200 grid at 0.5 m, batch 12, lr 3e-3; no synthetic frames yet):
+    python -m bevjax.train --config configs/nrseg_uda.py:nuscenes --workdir runs/nrseg_nusc \
+        --config.data.nuscenes.dataroot=/data/nuscenes
+Evaluate the latest checkpoint (the EMA teacher; writes eval.json, prediction.png and reliability.png):
     python -m bevjax.evaluate --config configs/nrseg_uda.py --workdir runs/nrseg
+The ablation (five rows, two seeds, UDA and SSL): python benchmarks/nrseg_ablation.py
 """
 
 from __future__ import annotations

@@ -11,6 +11,15 @@ Loss of one step (every weight a field of ``config.loss`` / ``config.mt``; frame
          + consistency_weight(t) * (MSE(sigmoid) + MSE(EDL p) + 0.1 MSE(BEV feature))   Mean Teacher (target)
          [+ target terms, below]
 
+- Synthetic windows (``config.data.synthetic_domain``, e.g. ``singapore_synthetic``; split
+  ``config.data.synthetic_split``, default ``<domain>_train``) are appended to the labelled windows of every
+  batch by the pipeline, ``round(config.data.synthetic_ratio * batch)`` of them. Each synthetic frame carries its
+  PGCM weight (``config.pgcm.enabled``): :func:`bevjax.pgcm.synthetic_scores` scores the split once with the PV
+  segmenter of ``config.pgcm.segmenter`` (trained there first with ``config.pgcm.segmenter_config`` when it has no
+  checkpoint) at the segmenter's image size, in this run's world settings, and the weights join the frames by
+  index (checked on their ``noise_level``). Real frames, and synthetic ones without PGCM, get ``w = 1``.
+- With ``config.data.labelled_fraction`` < 1 (semi-supervised, ``configs/nrseg_ssl.py``) only the first
+  sequences of the source split are labelled; ``config.data.target_split`` then names the unlabelled stream.
 - ``w`` is the batch's ``pgcm_weight`` ([b] or [b, t], see :mod:`bevjax.pgcm`) when present, else 1. It enters
   :func:`bevjax.losses.nrseg.dice_loss` as that function's ``relax`` (``config.loss.dice_relax``; default
   ``'denominator'``) and scales the per-sample EDL terms.
@@ -18,9 +27,10 @@ Loss of one step (every weight a field of ``config.loss`` / ``config.mt``; frame
   the cluster gets evidence and a camera sees (``bev_visibility``), KL annealed over ``config.loss.edl_anneal_steps``;
   the clusters' losses are averaged (not summed), so the term's scale does not grow with the number of clusters.
 - Mean Teacher: the teacher (EMA of the student's variables, ``state.extra['ema']``, decay
-  ``min(mean_teacher_decay(step), config.mt.ema_decay)``) runs in inference mode on clean images; the student
-  sees its windows with Gaussian pixel noise of std ``config.mt.student_noise`` (0-255 scale) as its "strong"
-  augmentation, for all its losses. ``config.mt.enabled=False`` drops the teacher's terms (the teacher is still
+  ``min(mean_teacher_decay(step), config.mt.ema_decay)``) runs in inference mode on the windows as the pipeline
+  augmented them (geometric: "weak"); the student sees them with the strong photometric augmentation of
+  ``config.mt.strong`` on top (brightness, contrast, saturation, pixel noise: :mod:`bevjax.ops.photometric`), for
+  all its losses. ``config.mt.enabled=False`` drops the teacher's terms (the teacher is still
   kept and evaluated).
 - UDA target stream (``config.data.target_domains``, e.g. ``('singapore',)``; split ``config.data.target_split``,
   default ``<first target domain>_train``; ``config.data.target_batch_size``, default the batch size): each
