@@ -7,7 +7,7 @@ Loss of one step (every weight a field of ``config.loss`` / ``config.mt``; frame
          + edl * w * EDL                                            evidential head, HLSE clusters
          + pv * PV_Dice(pv_logits, to_pv_classes(pv_labels))        where the batch has pv_labels
          + temporal * L1(aux bev_splat, warped_prev; warped_valid)  streaming fusion
-         + depth * CE(depth_logits, downsample_depth(depth, 8))     where the batch has depth
+         + depth * CE(depth_logits, downsample_depth(depth, 8))     world depth, or LiDAR depth (nuScenes)
          + consistency_weight(t) * (MSE(sigmoid) + MSE(EDL p) + 0.1 MSE(BEV feature))   Mean Teacher (target)
          [+ target terms, below]
 
@@ -66,6 +66,7 @@ import numpy as np
 from bevjax.data import transforms as T
 from bevjax.data.datasets import open_splits
 from bevjax.data.derived import ZipSource
+from bevjax.data.lidar_depth import LidarDepth
 from bevjax.data.mixing import ConcatStreams, map_stream, stream_seed, zip_streams
 from bevjax.data.pipeline import WindowSource, make_dataset
 from bevjax.data.sources import SubsetSource
@@ -393,7 +394,8 @@ class NRSegTask(SupervisedTask):
         image_aug = self._image_aug()
         labelled = self.labelled_source()
         target_split, synthetic = self.target_split(), self.synthetic_source()
-        transforms = [image_aug, unit_weight, self._select] if synthetic is not None else [image_aug, self._select]
+        # Real datasets without dense depth (nuScenes) get the LiDAR's sparse depth for the depth loss.
+        transforms = [image_aug, LidarDepth()] + ([unit_weight] if synthetic is not None else []) + [self._select]
         if target_split is None and synthetic is None:
             return make_dataset(
                 labelled,
