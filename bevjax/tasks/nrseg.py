@@ -104,6 +104,7 @@ from bevjax.training.state import (
     step_metrics,
 )
 from bevjax.viz import layout, prediction_picture
+from bevjax.viz.bev import bev_panel_width, bev_scale
 from bevjax.viz.layout import upscale
 
 TARGET_KEYS = ("bev_labels", "bev_visibility")
@@ -387,45 +388,59 @@ class NRSegTask(SupervisedTask):
             train=True,
         )
 
+    def windows(self, source, name: str, stride: int = 1) -> WindowSource:
+        """Windows of ``config.data.window`` frames of ``source`` (a split of fixed-length sequences; with
+        ``window = 1`` any split: every record is then a window of one frame that starts a sequence)."""
+        t = int(self.config.data.window)
+        f = getattr(source, "frames_per_sequence", None)
+        if f is None:
+            if t > 1:
+                raise ValueError(
+                    f"config.data.window={t} needs a split of fixed-length sequences (the world's); {name} has "
+                    "none: set config.data.window=1"
+                )
+            f = 1
+        return WindowSource(source, t, f, stride=stride)
+
     def train_dataset(self, seed: int, batch_size: int, process_index: int, process_count: int):
         """Source windows [+ synthetic windows appended, ``round(config.data.synthetic_ratio * batch)`` of them]
-        [+ unlabelled target windows under ``'target'``], one Grain dataset (one checkpointed iterator state)."""
+        [+ unlabelled target windows under ``'target'``], one Grain dataset (one checkpointed iterator state).
+        The transforms run on every frame of a window with the same random draws (:class:`T.PerFrame`)."""
         c = self.config
         image_aug = self._image_aug()
-        labelled = self.labelled_source()
+        labelled = self.windows(self.labelled_source(), c.data.train_split)
         target_split, synthetic = self.target_split(), self.synthetic_source()
         # Real datasets without dense depth (nuScenes) get the LiDAR's sparse depth for the depth loss.
         transforms = [image_aug, LidarDepth()] + ([unit_weight] if synthetic is not None else []) + [self._select]
+        transforms = [T.PerFrame(x) for x in transforms]
         if target_split is None and synthetic is None:
             return make_dataset(
                 labelled,
                 batch_size=batch_size,
                 seed=seed,
-                window=c.data.window,
                 transforms=transforms,
                 process_index=process_index,
                 process_count=process_count,
                 worker_count=c.data.worker_count,
             )
         # Independent shuffles (seeds derived from the run's seed and the stream's name), zipped by index.
-        shard = dict(window=c.data.window, process_index=process_index, process_count=process_count)
+        shard = dict(process_index=process_index, process_count=process_count)
         source = map_stream(labelled, seed=seed, transforms=transforms, **shard)
         others = {}
         if synthetic is not None:
             n_syn = max(1, round(float(c.data.synthetic_ratio) * batch_size))
             syn = map_stream(
-                synthetic,
+                self.windows(synthetic, self.synthetic_split()),
                 seed=stream_seed(seed, SYNTHETIC_STREAM),
                 transforms=transforms,
-                frames_per_sequence=synthetic.frames_per_sequence,
                 **shard,
             )
             others[SYNTHETIC_STREAM] = (syn, n_syn)
         if target_split is not None:
             target = map_stream(
-                self._open(target_split),
+                self.windows(self._open(target_split), target_split),
                 seed=stream_seed(seed, TARGET_STREAM),
-                transforms=[image_aug, self._select_inputs],
+                transforms=[T.PerFrame(image_aug), T.PerFrame(self._select_inputs)],
                 **shard,
             )
             others[TARGET_STREAM] = (target, int(c.data.get("target_batch_size", 0) or batch_size))
@@ -438,13 +453,15 @@ class NRSegTask(SupervisedTask):
 
     def eval_source(self):
         """Non-overlapping windows of ``config.data.window`` frames of the evaluation split."""
-        source = self._open(self.config.data.eval_split)
-        t = self.config.data.window
-        return WindowSource(source, t, source.frames_per_sequence, stride=t)
+        split = self.config.data.eval_split
+        return self.windows(self._open(split), split, stride=int(self.config.data.window))
 
     def eval_example(self, example: dict) -> dict:
-        """A window as evaluation wants it: the stored images at the network size (no augmentation)."""
-        return self._select(example)
+        """A window as evaluation wants it: every frame through the test-time image transform (identity at the
+        stored size of the world; nuScenes' 1600x900 images resized and cropped to the network size)."""
+        c = self.config
+        aug = T.ImageAug(final_hw=tuple(c.inputs.image_hw), bot_pct_lim=tuple(c.augment.bot_pct_lim), train=False)
+        return self._select(T.PerFrame(aug).random_map(example, np.random.default_rng(0)))
 
     # Model -------------------------------------------------------------------------------------------------
     def _inputs(self, batch: dict) -> dict:
@@ -666,6 +683,6 @@ class NRSegTask(SupervisedTask):
         )
         u = np.clip(p["uncertainty"], 0.0, 1.0)[::-1, ::-1]  # forward up, as the BEV panels
         gray = np.repeat((255 * (1.0 - u)).astype(np.uint8)[..., None], 3, -1)
-        k = max(1, layout.MIN_BEV // gray.shape[0])
+        k = bev_scale(gray.shape[:2], bev_panel_width(top.shape[1] - 2 * layout.MARGIN, 2))  # as a BEV panel above
         panel = layout.titled(upscale(gray, k), "evidential cell uncertainty (white 0, black 1)")
         return layout.vstack([top, panel])
