@@ -4,6 +4,7 @@
     python benchmarks/bench_nrseg.py                        # the paper's size, then the default config's
     python benchmarks/bench_nrseg.py --sizes default --repeat 5
     python benchmarks/bench_nrseg.py --sizes paper --remat blocks
+    python benchmarks/bench_nrseg.py --sizes paper --accumulate 2   # two micro-batches per step
 
 Sizes (each in a fresh subprocess, so that its peak RSS is its own):
 
@@ -32,7 +33,7 @@ SIZES = ("paper", "default")
 CHOICES = (*SIZES, "tiny")  # tiny: configs/nrseg_uda.py:tiny, to check the script in seconds
 
 
-def config_for(size: str, remat: str):
+def config_for(size: str, remat: str, accumulate: int = 1):
     from bevjax.cli import load_config
 
     c = load_config("configs/nrseg_uda.py:tiny" if size == "tiny" else "configs/nrseg_uda.py")
@@ -40,6 +41,7 @@ def config_for(size: str, remat: str):
         c.inputs.image_hw = (128, 352)
         c.grid.xbound, c.grid.ybound = (-50.0, 50.0, 0.5), (-50.0, 50.0, 0.5)
     c.model.remat = remat
+    c.train.accumulate = accumulate  # micro-batches per step (the engine's gradient accumulation)
     c.tensorboard = False
     return c
 
@@ -77,7 +79,7 @@ def random_window(spec: dict, b: int, t: int, rng: np.random.Generator, rig) -> 
     return out
 
 
-def measure(size: str, remat: str, repeat: int) -> dict:
+def measure(size: str, remat: str, repeat: int, accumulate: int = 1) -> dict:
     """One size in this process."""
     import jax
 
@@ -88,7 +90,7 @@ def measure(size: str, remat: str, repeat: int) -> dict:
     from bevjax.training.trainer import compile_step, initial_state
     from bevjax.world.rig import camera_rig
 
-    c = config_for(size, remat)
+    c = config_for(size, remat, accumulate)
     task = make_task(c)
     n, hw = len(c.inputs.cameras), tuple(c.inputs.image_hw)
     spec = example_spec(n, hw, task.grid.shape[:2], 1)
@@ -120,6 +122,7 @@ def measure(size: str, remat: str, repeat: int) -> dict:
     return {
         "size": size,
         "remat": remat,
+        "accumulate": accumulate,
         "images": f"{n}x{hw[0]}x{hw[1]}",
         "grid": "x".join(map(str, task.grid.shape[:2])),
         "windows": f"{b}+{n_syn}+{b} x {t}",
@@ -139,14 +142,16 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=CHOICES)
     parser.add_argument("--remat", default="none", choices=("none", "blocks", "full"))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (lowers the peak)")
     parser.add_argument("--one", default="", choices=("", *CHOICES), help=argparse.SUPPRESS)  # one size, in a child
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(measure(args.one, args.remat, args.repeat)), flush=True)
+        print("RESULT " + json.dumps(measure(args.one, args.remat, args.repeat, args.accumulate)), flush=True)
         return
     rows = []
     for size in args.sizes:
-        cmd = [sys.executable, __file__, "--one", size, "--remat", args.remat, "--repeat", str(args.repeat)]
+        cmd = [sys.executable, __file__, "--one", size, "--remat", args.remat, "--repeat", str(args.repeat),
+               "--accumulate", str(args.accumulate)]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
@@ -164,8 +169,10 @@ def main() -> None:
             f"{r['compile_s']:9.1f} {r['step_s']:7.2f} {r['rss_compiled_gb']:15.2f} {r['rss_peak_gb']:11.2f} "
             f"{r['temp_gb']:11.2f} {r['argument_gb']:7.2f}"
         )
-    print(f"(remat '{args.remat}'; median of {args.repeat} steps after one warm-up; batch of labelled + synthetic "
-          "+ unlabelled target windows x frames; the step must fit in 24 GiB)")  # fmt: skip
+    print(
+        f"(remat '{args.remat}', accumulate {args.accumulate}; median of {args.repeat} steps after one warm-up; "
+        "windows = labelled + synthetic + unlabelled target, x frames; the step must fit in 24 GiB)"
+    )
 
 
 if __name__ == "__main__":
