@@ -429,6 +429,13 @@ class NRSegTask(SupervisedTask):
         others = {}
         if synthetic is not None:
             n_syn = max(1, round(float(c.data.synthetic_ratio) * batch_size))
+            devices = jax.local_device_count()
+            if (batch_size + n_syn) % devices:
+                raise ValueError(
+                    f"config.data.synthetic_ratio={c.data.synthetic_ratio}: {batch_size} labelled + {n_syn} synthetic "
+                    f"windows per process do not split over its {devices} devices; choose a ratio that makes the "
+                    f"sum a multiple of {devices}"
+                )
             syn = map_stream(
                 self.windows(synthetic, self.synthetic_split()),
                 seed=stream_seed(seed, SYNTHETIC_STREAM),
