@@ -16,6 +16,18 @@ For each: compile time, median step time over ``--repeat`` steps after one warm-
 (``ru_maxrss``) after compiling and at the end, and XLA's memory analysis of the compiled step. Inputs are
 random images and labels on the real nuScenes rig geometry (``bevjax.world.rig.camera_rig``); every loss term
 runs (PV labels, LiDAR depth, PGCM weights). The step must fit in 24 GiB at batch 4 on a CPU machine.
+
+Measured on 2 CPU cores with 23 GiB (jax 0.10.2):
+
+- ``python benchmarks/bench_nrseg.py --repeat 2``: the paper's size does not fit in one step (XLA asks for one
+  26.1 GB buffer: out of memory);
+- ``python benchmarks/bench_nrseg.py --repeat 2 --accumulate 2`` (two micro-batches of 3 + 2 windows)::
+
+    size     images       grid     windows      params M compile s  step s RSS compiled GB peak RSS GB XLA temp GB
+    paper    6x128x352    200x200  4+2+4 x 2       14.57      47.9  118.01            3.05       15.81       13.28
+    default  6x64x192     64x64    4+2+4 x 2       14.57      54.4   19.62            3.10        6.12        3.08
+
+  So at the paper's size batch 4 fits in 24 GiB with ``config.train.accumulate=2`` (peak 15.8 GB).
 """
 
 from __future__ import annotations
@@ -111,6 +123,8 @@ def measure(size: str, remat: str, repeat: int, accumulate: int = 1) -> dict:
     compile_s = time.perf_counter() - t0
     mem = step.memory_analysis()
     rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"COMPILED {size}: compile {compile_s:.1f}s, XLA temp {mem.temp_size_in_bytes / 1e9:.2f} GB, arguments "
+          f"{mem.argument_size_in_bytes / 1e9:.2f} GB, RSS {rss_compiled:.2f} GB", flush=True)  # fmt: skip
     key = jax.random.PRNGKey(0)
     times = []
     for i in range(repeat + 1):  # the first call warms up
@@ -155,6 +169,11 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
+            compiled = [x for x in out.stdout.splitlines() if x.startswith("COMPILED ")]
+            oom = [x for x in out.stderr.splitlines() if "RESOURCE_EXHAUSTED" in x]
+            if oom:  # a figure too: the step does not fit
+                print(f"{size}: does not fit ({compiled[-1] if compiled else 'not compiled'}); {oom[-1].strip()}")
+                continue
             print(out.stdout[-3000:], out.stderr[-3000:], sep="\n", file=sys.stderr)
             raise SystemExit(f"error: measuring '{size}' failed (exit {out.returncode})")
         rows.append(json.loads(lines[-1][len("RESULT "):]))
