@@ -22,6 +22,9 @@ loop, logging, checkpoints and the final report. A task owns everything else:
 ``loss_fn``; a task with extra state overrides ``init_state`` and ``train_step`` and builds on the helpers of
 :mod:`bevjax.training.state` (``accumulated_value_and_grad``, ``TrainState.apply_gradients``, ``ema_update``).
 The contract is exercised by ``tests/test_engine.py`` with a toy task that has all of these.
+
+What the camera tasks read alike from their configs: :func:`config_grid`, :func:`bev_class_index`,
+:func:`train_image_aug` and :func:`eval_image_aug`.
 """
 
 from __future__ import annotations
@@ -34,8 +37,50 @@ import ml_collections
 import numpy as np
 import optax
 
+from bevjax.data import transforms as T
+from bevjax.geometry.grid import BEVGrid
+from bevjax.schema import BEV_CLASS_ID
 from bevjax.training.optim import make_optimizer
 from bevjax.training.state import LossFn, TrainState, supervised_step
+
+
+def config_grid(config: ml_collections.ConfigDict) -> BEVGrid:
+    """The BEV grid of ``config.grid`` (``xbound``, ``ybound``, ``zbound``)."""
+    g = config.grid
+    return BEVGrid(tuple(g.xbound), tuple(g.ybound), tuple(g.zbound))
+
+
+def bev_class_index(classes: Sequence[str]) -> np.ndarray:
+    """The channels of ``classes`` in the schema's ``bev_labels``.
+
+    Raises:
+      ValueError: a name that is not a BEV class (naming it and the choices).
+    """
+    unknown = [c for c in classes if c not in BEV_CLASS_ID]
+    if unknown:
+        raise ValueError(f"config.model.classes: unknown {unknown}; choose from {sorted(BEV_CLASS_ID)}")
+    return np.array([BEV_CLASS_ID[c] for c in classes])
+
+
+def train_image_aug(config: ml_collections.ConfigDict) -> T.ImageAug:
+    """The training image augmentation of ``config.augment`` (resize, crop, rotation, flip) to
+    ``config.inputs.image_hw``."""
+    a = config.augment
+    return T.ImageAug(
+        final_hw=tuple(config.inputs.image_hw),
+        resize_lim=tuple(a.resize_lim),
+        bot_pct_lim=tuple(a.bot_pct_lim),
+        rot_lim_deg=tuple(a.rot_lim_deg),
+        rand_flip=bool(a.rand_flip),
+        train=True,
+    )
+
+
+def eval_image_aug(config: ml_collections.ConfigDict) -> T.ImageAug:
+    """The test-time image transform to ``config.inputs.image_hw`` (identity at the stored size)."""
+    return T.ImageAug(
+        final_hw=tuple(config.inputs.image_hw), bot_pct_lim=tuple(config.augment.bot_pct_lim), train=False
+    )
 
 
 @runtime_checkable

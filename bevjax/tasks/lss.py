@@ -22,7 +22,7 @@ from bevjax.metrics import confusion_counts
 from bevjax.metrics.iou import IoUAccumulator
 from bevjax.models.lss import LSS, LSSGeometry
 from bevjax.schema import BEV_CLASS_ID
-from bevjax.tasks.base import SupervisedTask
+from bevjax.tasks.base import SupervisedTask, bev_class_index, config_grid, eval_image_aug, train_image_aug
 from bevjax.viz import prediction_picture
 
 MODEL_KEYS = ("images", "intrinsics", "cam_to_ego", "post_rots", "post_trans")
@@ -61,12 +61,9 @@ class LSSTask(SupervisedTask):
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.grid = BEVGrid(tuple(config.grid.xbound), tuple(config.grid.ybound), tuple(config.grid.zbound))
+        self.grid = config_grid(config)
         self.classes = tuple(config.model.classes)
-        unknown = [c for c in self.classes if c not in BEV_CLASS_ID]
-        if unknown:
-            raise ValueError(f"config.model.classes: unknown {unknown}; choose from {sorted(BEV_CLASS_ID)}")
-        self.class_index = np.array([BEV_CLASS_ID[c] for c in self.classes])
+        self.class_index = bev_class_index(self.classes)
         m = config.model
         self.model = LSS(
             num_classes=len(self.classes),
@@ -101,16 +98,7 @@ class LSSTask(SupervisedTask):
             transforms.append(T.SelectCameras(num=a.num_cameras, train=True))
         if a.bev_flip:
             transforms.append(T.BEVFlip(p=0.5, grid=self.grid))
-        transforms.append(
-            T.ImageAug(
-                final_hw=tuple(c.inputs.image_hw),
-                resize_lim=tuple(a.resize_lim),
-                bot_pct_lim=tuple(a.bot_pct_lim),
-                rot_lim_deg=tuple(a.rot_lim_deg),
-                rand_flip=a.rand_flip,
-                train=True,
-            )
-        )
+        transforms.append(train_image_aug(c))
         if a.color_jitter:
             transforms.append(T.ColorJitter())
         transforms.append(self._select)
@@ -129,11 +117,7 @@ class LSSTask(SupervisedTask):
 
     def eval_example(self, example: dict) -> dict:
         """An evaluation example: all cameras, test-time image transform (identity at the stored size)."""
-        c = self.config
-        aug = T.ImageAug(
-            final_hw=tuple(c.inputs.image_hw), bot_pct_lim=tuple(c.augment.bot_pct_lim), train=False
-        )
-        return self._select(aug.random_map(example, np.random.default_rng(0)))
+        return self._select(eval_image_aug(self.config).random_map(example, np.random.default_rng(0)))
 
     # Model -------------------------------------------------------------------------------------------------
     def init(self, rng: jax.Array, batch: dict) -> dict:

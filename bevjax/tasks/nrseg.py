@@ -70,7 +70,6 @@ from bevjax.data.lidar_depth import LidarDepth
 from bevjax.data.mixing import ConcatStreams, map_stream, stream_seed, zip_streams
 from bevjax.data.pipeline import WindowSource, make_dataset
 from bevjax.data.sources import SubsetSource
-from bevjax.geometry.grid import BEVGrid
 from bevjax.losses.nrseg import (
     consistency_loss,
     consistency_weight,
@@ -95,7 +94,7 @@ from bevjax.models.lss import LSSGeometry
 from bevjax.models.nrseg import INPUT_KEYS, NUM_PV_CLASSES, PV_IGNORE, NRSeg, to_pv_classes
 from bevjax.ops.photometric import strong_augment
 from bevjax.schema import BEV_CLASS_ID
-from bevjax.tasks.base import SupervisedTask
+from bevjax.tasks.base import SupervisedTask, bev_class_index, config_grid, eval_image_aug, train_image_aug
 from bevjax.training.state import (
     TrainState,
     accumulated_value_and_grad,
@@ -246,12 +245,9 @@ class NRSegTask(SupervisedTask):
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.grid = BEVGrid(tuple(config.grid.xbound), tuple(config.grid.ybound), tuple(config.grid.zbound))
+        self.grid = config_grid(config)
         self.classes = tuple(config.model.classes)
-        unknown = [c for c in self.classes if c not in BEV_CLASS_ID]
-        if unknown:
-            raise ValueError(f"config.model.classes: unknown {unknown}; choose from {sorted(BEV_CLASS_ID)}")
-        self.class_index = np.array([BEV_CLASS_ID[c] for c in self.classes])
+        self.class_index = bev_class_index(self.classes)
         self.hlse = HLSEConfig(self.classes)
         m = config.model
         self.geometry = LSSGeometry(tuple(config.inputs.image_hw), 8, tuple(m.dbound), self.grid)
@@ -376,18 +372,6 @@ class NRSegTask(SupervisedTask):
         zipped.frames_per_sequence = source.frames_per_sequence
         return zipped
 
-    def _image_aug(self) -> T.ImageAug:
-        c = self.config
-        a = c.augment
-        return T.ImageAug(
-            final_hw=tuple(c.inputs.image_hw),
-            resize_lim=tuple(a.resize_lim),
-            bot_pct_lim=tuple(a.bot_pct_lim),
-            rot_lim_deg=tuple(a.rot_lim_deg),
-            rand_flip=a.rand_flip,
-            train=True,
-        )
-
     def windows(self, source, name: str, stride: int = 1) -> WindowSource:
         """Windows of ``config.data.window`` frames of ``source`` (a split of fixed-length sequences; with
         ``window = 1`` any split: every record is then a window of one frame that starts a sequence)."""
@@ -407,7 +391,7 @@ class NRSegTask(SupervisedTask):
         [+ unlabelled target windows under ``'target'``], one Grain dataset (one checkpointed iterator state).
         The transforms run on every frame of a window with the same random draws (:class:`T.PerFrame`)."""
         c = self.config
-        image_aug = self._image_aug()
+        image_aug = train_image_aug(c)
         labelled = self.windows(self.labelled_source(), c.data.train_split)
         target_split, synthetic = self.target_split(), self.synthetic_source()
         # Real datasets without dense depth (nuScenes) get the LiDAR's sparse depth for the depth loss.
@@ -466,9 +450,8 @@ class NRSegTask(SupervisedTask):
     def eval_example(self, example: dict) -> dict:
         """A window as evaluation wants it: every frame through the test-time image transform (identity at the
         stored size of the world; nuScenes' 1600x900 images resized and cropped to the network size)."""
-        c = self.config
-        aug = T.ImageAug(final_hw=tuple(c.inputs.image_hw), bot_pct_lim=tuple(c.augment.bot_pct_lim), train=False)
-        return self._select(T.PerFrame(aug).random_map(example, np.random.default_rng(0)))
+        aug = T.PerFrame(eval_image_aug(self.config))
+        return self._select(aug.random_map(example, np.random.default_rng(0)))
 
     # Model -------------------------------------------------------------------------------------------------
     def _inputs(self, batch: dict) -> dict:

@@ -35,11 +35,10 @@ import optax
 from bevjax.data import transforms as T
 from bevjax.data.datasets import open_splits
 from bevjax.data.pipeline import make_dataset
-from bevjax.geometry.grid import BEVGrid
 from bevjax.losses import pv_dice_loss
 from bevjax.models.pv_segmenter import PVSegmenter
 from bevjax.schema import SEMANTIC_CLASS_ID
-from bevjax.tasks.base import SupervisedTask
+from bevjax.tasks.base import SupervisedTask, config_grid, train_image_aug
 from bevjax.viz import SEMANTIC_PALETTE, layout, semantic_legend
 
 IGNORE = 255  # the label of pixels whose class the model does not have
@@ -135,7 +134,7 @@ class PVSegmenterTask(SupervisedTask):
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.grid = BEVGrid(tuple(config.grid.xbound), tuple(config.grid.ybound), tuple(config.grid.zbound))
+        self.grid = config_grid(config)
         self.classes = tuple(config.model.classes)
         self.table = label_table(self.classes)
         m = config.model
@@ -165,14 +164,7 @@ class PVSegmenterTask(SupervisedTask):
         c = self.config
         a = c.augment
         transforms = [
-            T.ImageAug(
-                final_hw=tuple(c.inputs.image_hw),
-                resize_lim=tuple(a.resize_lim),
-                bot_pct_lim=tuple(a.bot_pct_lim),
-                rot_lim_deg=tuple(a.rot_lim_deg),
-                rand_flip=bool(a.rand_flip),
-                train=True,
-            )
+            train_image_aug(c)
         ]
         if a.color_jitter:
             transforms.append(T.ColorJitter())
