@@ -8,7 +8,9 @@ Prints the per-class IoU table and writes ``eval.json`` and ``prediction.png`` i
 ``--dataset nuscenes --dataroot ../shared/data/nuscenes`` evaluates on the keyframes of a nuScenes dataroot
 (``eval_nuscenes.json``, ``prediction_nuscenes.png``; of the map classes only drivable area is labelled there
 without ``maps/expansion/``). A run trained with ``--config.data.dataset=nuscenes`` evaluates on its config's
-prepared split (e.g. ``--config.data.eval_split=night_val``) without ``--dataset``.
+prepared split (e.g. ``--config.data.eval_split=night_val``) without ``--dataset``. SemanticFlow evaluates on
+Argoverse 2 sweep pairs with ``--dataset av2 --data_dir ../shared/data/av2/sensor`` (a raw sensor root, prepared
+on first use, or a prepared data dir; ``eval_av2.json``, ``prediction_av2.png``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path.py[:variant]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
-_DATASET = flags.DEFINE_enum("dataset", "world", ["world", "nuscenes"], "Evaluation data.")
-_DATAROOT = flags.DEFINE_string("dataroot", "", "With --dataset nuscenes: the nuScenes dataroot (raw files).")
+_DATASET = flags.DEFINE_enum("dataset", "world", ["world", "nuscenes", "av2"], "Evaluation data.")
+_DATAROOT = flags.DEFINE_string(
+    "dataroot", "", "With --dataset nuscenes: the nuScenes dataroot; with av2: an Argoverse 2 sensor root."
+)
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "The prepared-data folder (as in bevjax.data.prepare); default: the config's data.data_dir."
 )
@@ -36,13 +40,21 @@ def main(argv):
     check_command_line(argv)
     from bevjax.training.trainer import evaluate
 
-    if _DATASET.value != "world" and not _DATAROOT.value:
+    dataroot = _DATAROOT.value
+    if _DATASET.value == "av2" and not dataroot:
+        if not _DATA_DIR.value:
+            raise app.UsageError(
+                "--dataset av2 needs --dataroot or --data_dir: an Argoverse 2 sensor root (<it>/val/<log>/) or a "
+                "prepared data dir"
+            )
+        dataroot = _DATA_DIR.value  # a raw root or a prepared data dir: the task tells them apart
+    elif _DATASET.value != "world" and not dataroot:
         raise app.UsageError(f"--dataset {_DATASET.value} needs --dataroot (the folder holding v1.0-*/, samples/)")
     config = _CONFIG.value
-    if _DATA_DIR.value is not None:
+    if _DATA_DIR.value is not None and dataroot != _DATA_DIR.value:
         with config.unlocked():
             config.data.data_dir = _DATA_DIR.value
-    args = (config, _WORKDIR.value, _DATASET.value, _DATAROOT.value)
+    args = (config, _WORKDIR.value, _DATASET.value, dataroot)
     run_reporting_errors(evaluate, *args, debug=_DEBUG.value)
 
 

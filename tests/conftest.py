@@ -100,3 +100,23 @@ def av2_log():
     if not AV2_LOG_DIR.is_dir():
         pytest.skip(f"real Argoverse 2 sample log not found at {AV2_LOG_DIR.resolve()} (shared test data absent)")
     return AV2Log(AV2_LOG_DIR)
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """XLA convolutions, and no backend optimisations for what the engine compiles (CPU): shorter compiles for
+    the end-to-end task tests (tests/test_nrseg_task.py, tests/test_semanticflow_task.py)."""
+    import jax
+
+    from bevjax.models.layers import conv_impl
+
+    original = jax.stages.Lowered.compile
+
+    def compile_fast(self, compiler_options=None, **kw):
+        if jax.default_backend() == "cpu":
+            compiler_options = {"xla_backend_optimization_level": 0, **(compiler_options or {})}
+        return original(self, compiler_options, **kw)
+
+    with conv_impl("xla"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jax.stages.Lowered, "compile", compile_fast)
+        yield

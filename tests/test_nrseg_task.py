@@ -20,7 +20,6 @@ import pytest
 
 from bevjax.losses import nrseg as L
 from bevjax.models.bidpp import hlse_targets
-from bevjax.models.layers import conv_impl
 from bevjax.models.nrseg import NUM_PV_CLASSES, PV_IGNORE, to_pv_classes
 from tests.cli import saved_state
 
@@ -42,21 +41,6 @@ def _config(data_dir):
     config.model.drop_connect_rate = 0.0  # fewer ops to compile
     config.eval.max_examples = 2  # one evaluation batch
     return config
-
-
-@pytest.fixture(scope="module")
-def fast_compile():
-    """XLA convolutions, and no backend optimisations for what the engine compiles (CPU)."""
-    original = jax.stages.Lowered.compile
-
-    def compile_fast(self, compiler_options=None, **kw):
-        if jax.default_backend() == "cpu":
-            compiler_options = {"xla_backend_optimization_level": 0, **(compiler_options or {})}
-        return original(self, compiler_options, **kw)
-
-    with conv_impl("xla"), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(jax.stages.Lowered, "compile", compile_fast)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ TASKS = {
     "lss": "bevjax.tasks.lss:LSSTask",
     "pv_segmenter": "bevjax.tasks.pv_segmenter:PVSegmenterTask",
     "nrseg": "bevjax.tasks.nrseg:NRSegTask",
+    "semanticflow": "bevjax.tasks.semanticflow:SemanticFlowTask",
 }
 
 

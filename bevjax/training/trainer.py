@@ -241,7 +241,9 @@ def evaluate(
     """Evaluates the latest readable checkpoint in ``workdir``: the evaluators' tables, ``eval.json``, the picture.
 
     ``dataset='nuscenes'`` evaluates on the keyframes of the nuScenes ``dataroot`` (raw files) instead of the
-    config's split (writing ``eval_nuscenes.json`` and ``prediction_nuscenes.png``).
+    config's split (writing ``eval_nuscenes.json`` and ``prediction_nuscenes.png``); ``dataset='av2'`` on the
+    sweep pairs of an Argoverse 2 folder (``dataroot``: a raw sensor root or a prepared data dir; tasks with
+    ``av2_source``, e.g. SemanticFlow; ``eval_av2.json``, ``prediction_av2.png``).
     """
     task = make_task(config)
     mesh = mesh_from_config(config.get("mesh", None))
@@ -257,8 +259,12 @@ def evaluate(
 
         source = NuScenesSource(dataroot, task.grid, cameras=tuple(config.inputs.cameras))
         name = source.name
+    elif dataset == "av2":
+        if not hasattr(task, "av2_source"):
+            raise ValueError(f"--dataset av2: the {config.task} task does not read Argoverse 2 sweep pairs")
+        source, name = task.av2_source(dataroot)
     else:
-        raise ValueError(f"dataset={dataset!r}: choose from world, nuscenes")
+        raise ValueError(f"dataset={dataset!r}: choose from world, nuscenes, av2")
     local = config.eval.batch_size // jax.process_count()
     first = stack_examples([task.eval_example(source[0])] * local)
     template, _ = initial_state(task, config, mesh, first, config.train.steps, init_from=False)
