@@ -11,6 +11,9 @@ motion ``next_ego_from_ego``)::
     clusters:    DBSCAN (eps 0.7 m) over the non-ground points in range of each sweep, pc0 in pc1's frame
     dynamic:     a cluster of at least min_cluster_size points, at most max_extent across, with at least
                  dynamic_fraction of its points (and min_votes) seen through
+    both sweeps: a kept cluster whose nearest kept cluster of the other sweep (by centroid, within
+                 max_displacement) is dynamic becomes dynamic too (``cross_sweep``): free space flags the
+                 objects that recede in sweep 0 and those that approach in sweep 1
     matching:    each dynamic pc0 cluster -> the nearest dynamic pc1 cluster by centroid, within
                  max_displacement (metres per sweep pair)
     rigid fit:   ICP of the pc0 cluster onto the points of its pc1 cluster: nearest neighbours (restricted to
@@ -114,6 +117,10 @@ class PseudoLabelSettings:
     # different heights otherwise slides it up or down by ~0.2 m. False: full 6-DoF Kabsch.
     planar: bool = True
     min_motion: float = 0.05  # metres per pair: the Argoverse 2 dynamic threshold
+    # Free space sees receding objects in sweep 0 and approaching ones in sweep 1: a kept cluster whose
+    # nearest kept cluster of the other sweep (by centroid, within max_displacement) is dynamic becomes
+    # dynamic too. False: each sweep's own evidence only.
+    cross_sweep: bool = True
 
     def __post_init__(self):
         origins = np.asarray(self.origins, np.float64).reshape(-1, 3)
@@ -194,6 +201,22 @@ def _clusters(points, keep, seen, s: PseudoLabelSettings) -> _Clusters:
     label = np.where(inside & big_enough[np.maximum(label, 0)], label, -1)
     dynamic = big_enough & (votes >= s.min_votes) & (votes >= s.dynamic_fraction * count)
     return _Clusters(label, count, votes, centroid, dynamic, big_enough)
+
+
+def _partner_dynamic(a: _Clusters, b: _Clusters, s: PseudoLabelSettings) -> np.ndarray:
+    """[k_a] bool: kept clusters of ``a`` whose nearest kept cluster of ``b`` (centroid distance within
+    ``max_displacement``) is dynamic. A static object is its own nearest partner (the same place in both
+    sweeps), so the flag crosses only to objects near a moving one of the other sweep: its earlier or later
+    self."""
+    out = np.zeros(len(a.count), bool)
+    ka, kb = np.flatnonzero(a.kept), np.flatnonzero(b.kept)
+    if not len(ka) or not len(kb):
+        return out
+    gap = np.linalg.norm(a.centroid[ka][:, None, :2] - b.centroid[kb][None, :, :2], axis=-1)  # ka kb
+    best = np.argmin(gap, 1)
+    near = gap[np.arange(len(ka)), best] <= s.max_displacement
+    out[ka] = near & b.dynamic[kb[best]]
+    return out
 
 
 # ICP ----------------------------------------------------------------------------------------------------------
@@ -364,6 +387,10 @@ def pseudo_labels(example: dict, settings: PseudoLabelSettings) -> dict[str, np.
     c0 = compensate(p0, t)  # p 3: sweep 0 in sweep 1's frame, where the rigid fits live
     cl0 = _clusters(c0, keep0, seen0, s)
     cl1 = _clusters(p1, keep1, seen1, s)
+    if s.cross_sweep:
+        from_1, from_0 = _partner_dynamic(cl0, cl1, s), _partner_dynamic(cl1, cl0, s)
+        cl0.dynamic |= from_1
+        cl1.dynamic |= from_0
 
     # Match every dynamic sweep-0 cluster to the nearest dynamic sweep-1 cluster by centroid, else to the
     # nearest sweep-1 cluster of any kind (sweep 1 may see too little of the object through free space).

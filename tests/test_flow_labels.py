@@ -198,3 +198,22 @@ def test_settings_errors_name_the_field():
         PseudoLabelSettings.from_config({"epsilon": 0.5})
     with pytest.raises(KeyError, match="lidar_ground"):
         pseudo_labels({"lidar_points": np.zeros((4, 3))}, PseudoLabelSettings())
+
+
+def test_dynamic_flags_cross_to_the_other_sweeps_partner():
+    """A parked car (the same place in both sweeps) stays static beside a moving car that free space flagged
+    in sweep 1 only; the moving car's sweep-0 cluster takes the flag; a cluster beyond max_displacement does not."""
+    from bevjax.flow_labels import _Clusters, _partner_dynamic
+
+    def clusters(centroids, dynamic, kept=None):
+        k = len(centroids)
+        kept = np.ones(k, bool) if kept is None else np.asarray(kept)
+        return _Clusters(np.zeros(0, int), np.full(k, 50), np.zeros(k), np.asarray(centroids, float),
+                         np.asarray(dynamic), kept)  # fmt: skip
+
+    s = PseudoLabelSettings()
+    sweep0 = clusters([[10, 3, 0], [14, 3, 0], [30, 0, 0], [50, 0, 0]], [False, False, False, False], [1, 1, 1, 0])
+    sweep1 = clusters([[10, 3, 0], [15, 3, 0], [34, 0, 0], [50, 0, 0]], [False, True, True, True], [1, 1, 1, 1])
+    # parked car; moving car 1 m on; a partner 4 m away (beyond 3 m); a cluster that is not kept in sweep 0
+    np.testing.assert_array_equal(_partner_dynamic(sweep0, sweep1, s), [False, True, False, False])
+    np.testing.assert_array_equal(_partner_dynamic(sweep1, sweep0, s), [False, False, False, False])
