@@ -72,7 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Preprocessing of both sweeps: ground removed (the dataset's flags for sweep 0, the pseudo-label pass's
     # estimate for sweep 1), range 2..50 m (bevjax.ops.pointcloud.range_mask).
-    c.points = ml_collections.ConfigDict(dict(min_range=2.0, max_range=50.0))
+    # capacity: points per sweep the network and the losses see, the kept ones first (a random subset beyond it;
+    # train/dropped_points counts them): the world's 32 x 1024 sweeps keep about 10k, Argoverse 2's about 50k.
+    c.points = ml_collections.ConfigDict(dict(min_range=2.0, max_range=50.0, capacity=16384))
 
     # The coarse segmentation and pseudo-flow (bevjax.flow_labels.PseudoLabelSettings; any field may be set).
     c.pseudo = ml_collections.ConfigDict()
@@ -141,6 +143,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dict(seed=0, frames_per_sequence=4, lidar_beams=8, lidar_azimuths=256)
         )
         c.points.max_range = 6.0
+        c.points.capacity = 1024
         c.pseudo = ml_collections.ConfigDict(dict(azimuth_bins=256, elevation_bins=8, max_range=6.0))
         c.model.pillars = dict(xbound=(-6.4, 6.4, 0.8), ybound=(-6.4, 6.4, 0.8), zbound=(-3.0, 3.0, 6.0))
         c.model.update(
@@ -164,5 +167,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.pillars = dict(xbound=(-51.2, 51.2, 0.2), ybound=(-51.2, 51.2, 0.2), zbound=(-3.0, 3.0, 6.0))
         c.model.update(dict(unet_widths=(64, 128, 256), unet_depths=(4, 6, 6), num_iters=2, dtype="bfloat16"))
         c.optim.lr = 2e-4
+        c.points.capacity = 65536
         c.train.update(dict(steps=100_000, log_every=100, checkpoint_every=2000))
     return c

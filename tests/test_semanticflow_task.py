@@ -25,7 +25,9 @@ from bevjax.tasks.semanticflow import (
     PSEUDO_KEYS,
     SceneFlowEvaluator,
     av2_categories,
+    scatter_points,
     sweeps,
+    take_points,
 )
 
 STEPS = 2
@@ -174,7 +176,7 @@ def test_av2_categories_map_the_schema_classes():
 def test_step_inputs_match_numpy():
     ex = _pair(1)
     batch = {k: jnp.asarray(np.stack([ex[k], ex[k]])) for k in INPUT_KEYS}
-    pc0, pc1, valid0, valid1 = jax.jit(sweeps)(batch)
+    pc0, pc1, valid0, valid1 = jax.jit(sweeps)(batch)[:4]
     points, t = ex["lidar_points"].astype(np.float64), ex["next_ego_from_ego"].astype(np.float64)
     np.testing.assert_allclose(pc0[0], points @ t[:3, :3].T + t[:3, 3], atol=1e-4)
     np.testing.assert_array_equal(pc1[1], ex["next_lidar_points"])
@@ -182,3 +184,25 @@ def test_step_inputs_match_numpy():
     ground1 = np.asarray(estimate_ground(ex["next_lidar_points"], ex["next_lidar_valid"]))
     np.testing.assert_array_equal(valid1[0], range_mask(ex["next_lidar_points"], ex["next_lidar_valid"]) & ~ground1)
     assert set(EVAL_KEYS) <= set(ex)
+
+
+def test_capacity_keeps_the_valid_points_first():
+    ex = _pair(2)
+    batch = {k: jnp.asarray(np.stack([ex[k], ex[k]])) for k in INPUT_KEYS}
+    full = sweeps(batch)
+    n0 = int(full.valid0[0].sum())
+    for capacity, key in ((n0 + 20, None), (n0 - 30, None), (n0 - 30, jax.random.key(3))):
+        sw = jax.jit(sweeps, static_argnums=(1, 2, 3))(batch, 2.0, 50.0, capacity, key)
+        assert sw.pc0.shape == (2, capacity, 3)
+        index, kept = np.asarray(sw.index0[0]), np.asarray(sw.valid0[0])
+        assert len(set(index.tolist())) == capacity  # distinct positions
+        assert np.all(np.asarray(full.valid0[0])[index[kept]])  # only valid points are kept
+        assert int(kept.sum()) == min(n0, capacity) and int(sw.dropped0[0]) == max(0, n0 - capacity)
+        assert np.all(kept[: kept.sum()]) and not np.any(kept[kept.sum():])  # the kept points first
+        np.testing.assert_allclose(sw.pc0[0], np.asarray(full.pc0[0])[index], atol=1e-5)
+        # per-point keys follow the points; predictions scatter back to their positions (0 elsewhere)
+        np.testing.assert_array_equal(take_points(batch["lidar_points"], sw.index0)[0], ex["lidar_points"][index])
+        back = np.asarray(scatter_points(sw.pc0, sw.index0, sw.valid0, len(ex["lidar_points"])))[0]
+        np.testing.assert_array_equal(back[index[kept]], np.asarray(sw.pc0[0])[kept])
+        others = np.setdiff1d(np.arange(len(back)), index[kept])
+        assert not back[others].any()

@@ -8,6 +8,9 @@ the jitted step (:func:`sweeps`)::
     pc0 = compensate(lidar_points, next_ego_from_ego)       sweep 0 in sweep 1's frame (the net's residual flow)
     valid0 = lidar_valid & ~lidar_ground & range_mask(lidar_points)            2..50 m, the dataset's ground
     valid1 = next_lidar_valid & ~estimate_ground(next_lidar_points) & range_mask(next_lidar_points)
+    each sweep compacted to config.points.capacity points, the kept ones first (a random subset of them when
+      there are more; the padded sweep is mostly ground and range-cropped points, and the losses' nearest-
+      neighbour searches cost capacity^2)
     model(pc0, pc1, valid0, valid1) -> residual flow [b n 3], instance logits [b n S]
     loss = bevjax.losses.semanticflow.semanticflow_loss(...) per example, mean over the batch
 
@@ -31,6 +34,7 @@ OTHER_VEHICLES and WHEELED_VRU meta-classes into CAR and PEDESTRIAN (:data:`SEMA
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -96,22 +100,81 @@ def pillar_grid(config: ml_collections.ConfigDict) -> BEVGrid:
     return BEVGrid(tuple(p["xbound"]), tuple(p["ybound"]), tuple(p["zbound"]))
 
 
-def sweeps(batch: dict, min_range: float = 2.0, max_range: float = 50.0):
-    """The network's inputs of a batch (jit-able): ``(pc0, pc1, valid0, valid1)``, [b, p, 3] and [b, p] bool.
+class Sweeps(NamedTuple):
+    """The network's inputs of a batch (:func:`sweeps`): ``c`` points per sweep, the kept points first."""
+
+    pc0: jax.Array  # [b, c, 3] sweep 0 in sweep 1's ego frame
+    pc1: jax.Array  # [b, c, 3] sweep 1
+    valid0: jax.Array  # [b, c] bool: kept (not padding, not ground, in range)
+    valid1: jax.Array  # [b, c] bool
+    index0: jax.Array  # [b, c] int32: position in the batch's padded sweep 0 (gather per-point keys with it)
+    index1: jax.Array  # [b, c] int32
+    dropped0: jax.Array  # [b] int32: kept points beyond the capacity, left out
+    dropped1: jax.Array  # [b] int32
+
+
+def _compact(valid, capacity: int | None, key):
+    """[c] int32 positions of at most ``capacity`` valid points first (a random subset of them with ``key``,
+    else the first in order), then padding; all positions when ``capacity`` is None."""
+    p = valid.shape[0]
+    if capacity is None or capacity >= p:
+        return jnp.arange(p, dtype=jnp.int32)
+    if key is None:
+        priority = jnp.where(valid, jnp.arange(p) / p, 2.0)
+    else:
+        priority = jnp.where(valid, jax.random.uniform(key, (p,)), 2.0)
+    return jnp.argsort(priority)[:capacity].astype(jnp.int32)  # c
+
+
+def sweeps(batch: dict, min_range: float = 2.0, max_range: float = 50.0, capacity: int | None = None,
+           key=None) -> Sweeps:  # fmt: skip
+    """The network's inputs of a batch (jit-able, static shapes).
 
     ``pc0`` is sweep 0 in sweep 1's ego frame; the masks drop padding, ground (sweep 0: ``lidar_ground``;
-    sweep 1: :func:`bevjax.ops.pointcloud.estimate_ground`) and points outside ``min_range..max_range`` m.
+    sweep 1: :func:`bevjax.ops.pointcloud.estimate_ground`) and points outside ``min_range..max_range`` m. With
+    ``capacity`` each sweep keeps at most that many points, the kept ones first: a random subset of them when
+    there are more (``key``; without one the first in order), so the nearest-neighbour searches of the losses
+    run over ``capacity`` points rather than the padded sweep (``config.points.capacity``).
+
+    Args:
+      batch: ``INPUT_KEYS`` with a leading batch axis.
+      min_range, max_range: metres (:func:`bevjax.ops.pointcloud.range_mask`).
+      capacity: points per sweep (static), None for the padded size.
+      key: a PRNG key for the subset, or None.
     """
 
-    def one(points, valid, ground, next_points, next_valid, t):
-        pc0 = compensate(points, t)
+    def one(points, valid, ground, next_points, next_valid, t, key0, key1):
         valid0 = range_mask(points, valid, min_range=min_range, max_range=max_range) & ~ground
         ground1 = estimate_ground(next_points, next_valid)
         valid1 = range_mask(next_points, next_valid, min_range=min_range, max_range=max_range) & ~ground1
-        return pc0, next_points, valid0, valid1
+        index0, index1 = _compact(valid0, capacity, key0), _compact(valid1, capacity, key1)
+        kept0, kept1 = valid0[index0], valid1[index1]
+        dropped0 = (jnp.sum(valid0) - jnp.sum(kept0)).astype(jnp.int32)
+        dropped1 = (jnp.sum(valid1) - jnp.sum(kept1)).astype(jnp.int32)
+        pc0 = compensate(points[index0], t)
+        return Sweeps(pc0, next_points[index1], kept0, kept1, index0, index1, dropped0, dropped1)
 
     args = [jnp.asarray(batch[k]) for k in INPUT_KEYS]
-    return jax.vmap(one)(*args)
+    b = args[0].shape[0]
+    if key is None:
+        return jax.vmap(lambda *a: one(*a, None, None))(*args)
+    keys0, keys1 = jax.random.split(jax.random.fold_in(key, 0), b), jax.random.split(jax.random.fold_in(key, 1), b)
+    return jax.vmap(one)(*args, keys0, keys1)
+
+
+def take_points(values, index):
+    """[b, c, ...] ``values`` [b, p, ...] at ``index`` [b, c] (a batch's per-point key after :func:`sweeps`)."""
+    return jax.vmap(lambda v, i: v[i])(jnp.asarray(values), index)
+
+
+def scatter_points(values, index, valid, size: int):
+    """[b, size, ...] zeros with ``values`` [b, c, ...] at ``index`` [b, c] where ``valid`` [b, c]."""
+
+    def one(v, i, m):
+        v = jnp.where(m.reshape(m.shape + (1,) * (v.ndim - 1)), v, 0)
+        return jnp.zeros((size,) + v.shape[1:], v.dtype).at[i].add(v)
+
+    return jax.vmap(one)(jnp.asarray(values), index, valid)
 
 
 class SceneFlowEvaluator:
@@ -207,6 +270,7 @@ class SemanticFlowTask(SupervisedTask):
         self.weights = LossWeights(**dict(config.loss.items()))
         p = config.get("points", {})
         self.range = (float(p.get("min_range", 2.0)), float(p.get("max_range", 50.0)))
+        self.capacity = int(p["capacity"]) if p.get("capacity") else None
 
     # Data --------------------------------------------------------------------------------------------------
     def open(self, split: str):
@@ -279,13 +343,19 @@ class SemanticFlowTask(SupervisedTask):
         return {k: example[k] for k in INPUT_KEYS + EVAL_KEYS}
 
     # Model -------------------------------------------------------------------------------------------------
+    def sweeps(self, batch: dict, key=None) -> Sweeps:
+        """:func:`sweeps` with this run's range and capacity."""
+        return sweeps(batch, *self.range, capacity=self.capacity, key=key)
+
     def init(self, rng: jax.Array, batch: dict) -> dict:
-        pc0, pc1, valid0, valid1 = sweeps(batch, *self.range)
-        return self.model.init(rng, pc0, pc1, valid0, valid1, train=False)
+        sw = self.sweeps(batch)
+        return self.model.init(rng, sw.pc0, sw.pc1, sw.valid0, sw.valid1, train=False)
 
     def loss_fn(self, params, model_state, batch, rng):
         """The SemanticFlow losses (``bevjax.losses.semanticflow``) per example, averaged over the batch."""
-        pc0, pc1, valid0, valid1 = sweeps(batch, *self.range)
+        sample_key, separation_key = jax.random.split(rng)
+        sw = self.sweeps(batch, sample_key)
+        pc0, pc1, valid0, valid1 = sw.pc0, sw.pc1, sw.valid0, sw.valid1
         (outputs, aux), updates = self.model.apply(
             {"params": params, **model_state}, pc0, pc1, valid0, valid1, train=True, mutable=["batch_stats"]
         )
@@ -295,7 +365,7 @@ class SemanticFlowTask(SupervisedTask):
         _, neighbours = jax.vmap(lambda p, v: knn(p, int(ls.knn), v, exclude_self=False))(
             pc0, inside0
         )  # b n k
-        keys = jax.random.split(rng, pc0.shape[0])  # the separation term's random foreground sample
+        keys = jax.random.split(separation_key, pc0.shape[0])  # the separation term's random foreground sample
 
         def one(
             pc0, pc1, flow, logits, inside0, inside1, neighbours, dyn0, dyn1, cluster0, pflow, pvalid, key
@@ -328,24 +398,29 @@ class SemanticFlowTask(SupervisedTask):
             inside0,
             inside1,
             neighbours,
-            batch["pseudo_dynamic0"],
-            batch["pseudo_dynamic1"],
-            batch["pseudo_cluster0"],
-            batch["pseudo_flow0"],
-            batch["pseudo_flow_valid0"],
+            take_points(batch["pseudo_dynamic0"], sw.index0),
+            take_points(batch["pseudo_dynamic1"], sw.index1),
+            take_points(batch["pseudo_cluster0"], sw.index0),
+            take_points(batch["pseudo_flow0"], sw.index0),
+            take_points(batch["pseudo_flow_valid0"], sw.index0),
             keys,
         )
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
+        metrics["dropped_points"] = jnp.mean((sw.dropped0 + sw.dropped1).astype(jnp.float32))
         return jnp.mean(total), (metrics, updates)
 
     @functools.cached_property
     def predict(self):
-        """jit: (variables, batch) -> (residual flow [b, p, 3], instance ids [b, p] int32) of sweep 0's points."""
+        """jit: (variables, batch) -> (residual flow [b, p, 3], instance ids [b, p] int32) of sweep 0's points
+        (0 for the points the network does not see: ego motion alone, slot 0)."""
 
         def fn(variables, batch):
-            pc0, pc1, valid0, valid1 = sweeps(batch, *self.range)
-            outputs, _ = self.model.apply(variables, pc0, pc1, valid0, valid1, train=False)
-            return outputs["flow"], jnp.argmax(outputs["instance_logits"], -1).astype(jnp.int32)
+            sw = self.sweeps(batch, jax.random.key(0))  # a fixed subset where a sweep exceeds the capacity
+            outputs, aux = self.model.apply(variables, sw.pc0, sw.pc1, sw.valid0, sw.valid1, train=False)
+            size = batch["lidar_points"].shape[1]
+            flow = scatter_points(outputs["flow"], sw.index0, aux["inside0"], size)  # b p 3
+            ids = jnp.argmax(outputs["instance_logits"], -1).astype(jnp.int32)
+            return flow, scatter_points(ids, sw.index0, aux["inside0"], size)
 
         return jax.jit(fn)
 
