@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Preprocessing of both sweeps: ground removed (the dataset's flags for sweep 0, the pseudo-label pass's
     # estimate for sweep 1), range 2..50 m (bevjax.ops.pointcloud.range_mask).
-    # capacity: points per sweep the network and the losses see, the kept ones first (a random subset beyond it;
+    # capacity: points per sweep in training, the kept ones first (a random subset beyond it; evaluation sees all;
     # train/dropped_points counts them): the world's 32 x 1024 sweeps keep about 10k, Argoverse 2's about 50k.
     c.points = ml_collections.ConfigDict(dict(min_range=2.0, max_range=50.0, capacity=16384))
 

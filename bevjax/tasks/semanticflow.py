@@ -8,9 +8,9 @@ the jitted step (:func:`sweeps`)::
     pc0 = compensate(lidar_points, next_ego_from_ego)       sweep 0 in sweep 1's frame (the net's residual flow)
     valid0 = lidar_valid & ~lidar_ground & range_mask(lidar_points)            2..50 m, the dataset's ground
     valid1 = next_lidar_valid & ~estimate_ground(next_lidar_points) & range_mask(next_lidar_points)
-    each sweep compacted to config.points.capacity points, the kept ones first (a random subset of them when
-      there are more; the padded sweep is mostly ground and range-cropped points, and the losses' nearest-
-      neighbour searches cost capacity^2)
+    in training each sweep compacted to config.points.capacity points, the kept ones first (a random subset of
+      them when there are more; the padded sweep is mostly ground and range-cropped points, and the losses'
+      nearest-neighbour searches cost capacity^2); evaluation predicts every point
     model(pc0, pc1, valid0, valid1) -> residual flow [b n 3], instance logits [b n S]
     loss = bevjax.losses.semanticflow.semanticflow_loss(...) per example, mean over the batch
 
@@ -165,16 +165,6 @@ def sweeps(batch: dict, min_range: float = 2.0, max_range: float = 50.0, capacit
 def take_points(values, index):
     """[b, c, ...] ``values`` [b, p, ...] at ``index`` [b, c] (a batch's per-point key after :func:`sweeps`)."""
     return jax.vmap(lambda v, i: v[i])(jnp.asarray(values), index)
-
-
-def scatter_points(values, index, valid, size: int):
-    """[b, size, ...] zeros with ``values`` [b, c, ...] at ``index`` [b, c] where ``valid`` [b, c]."""
-
-    def one(v, i, m):
-        v = jnp.where(m.reshape(m.shape + (1,) * (v.ndim - 1)), v, 0)
-        return jnp.zeros((size,) + v.shape[1:], v.dtype).at[i].add(v)
-
-    return jax.vmap(one)(jnp.asarray(values), index, valid)
 
 
 class SceneFlowEvaluator:
@@ -415,12 +405,10 @@ class SemanticFlowTask(SupervisedTask):
         (0 for the points the network does not see: ego motion alone, slot 0)."""
 
         def fn(variables, batch):
-            sw = self.sweeps(batch, jax.random.key(0))  # a fixed subset where a sweep exceeds the capacity
-            outputs, aux = self.model.apply(variables, sw.pc0, sw.pc1, sw.valid0, sw.valid1, train=False)
-            size = batch["lidar_points"].shape[1]
-            flow = scatter_points(outputs["flow"], sw.index0, aux["inside0"], size)  # b p 3
-            ids = jnp.argmax(outputs["instance_logits"], -1).astype(jnp.int32)
-            return flow, scatter_points(ids, sw.index0, aux["inside0"], size)
+            # Every point (no capacity): the network alone, without the losses' quadratic searches.
+            sw = sweeps(batch, *self.range)
+            outputs, _ = self.model.apply(variables, sw.pc0, sw.pc1, sw.valid0, sw.valid1, train=False)
+            return outputs["flow"], jnp.argmax(outputs["instance_logits"], -1).astype(jnp.int32)
 
         return jax.jit(fn)
 
