@@ -9,8 +9,9 @@ Prints the per-class IoU table and writes ``eval.json`` and ``prediction.png`` i
 (``eval_nuscenes.json``, ``prediction_nuscenes.png``; of the map classes only drivable area is labelled there
 without ``maps/expansion/``). A run trained with ``--config.data.dataset=nuscenes`` evaluates on its config's
 prepared split (e.g. ``--config.data.eval_split=night_val``) without ``--dataset``. SemanticFlow evaluates on
-Argoverse 2 sweep pairs with ``--dataset av2 --data_dir ../shared/data/av2/sensor`` (a raw sensor root, prepared
-on first use, or a prepared data dir; ``eval_av2.json``, ``prediction_av2.png``).
+Argoverse 2 sweep pairs with ``--dataset av2 --dataroot ../shared/data/av2/sensor`` (a raw sensor root, prepared
+into the data dir on first use) or ``--dataset av2 --data_dir <prepared folder>`` (``eval_av2.json``,
+``prediction_av2.png``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
 _DATASET = flags.DEFINE_enum("dataset", "world", ["world", "nuscenes", "av2"], "Evaluation data.")
 _DATAROOT = flags.DEFINE_string(
-    "dataroot", "", "With --dataset nuscenes: the nuScenes dataroot; with av2: an Argoverse 2 sensor root."
+    "dataroot", "", "With --dataset nuscenes / av2: the raw dataset (nuScenes dataroot, Argoverse 2 sensor root)."
 )
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "The prepared-data folder (as in bevjax.data.prepare); default: the config's data.data_dir."

@@ -22,7 +22,7 @@ Evaluate the latest checkpoint (eval.json and flow.png, the pair from above with
     python -m bevjax.evaluate --config configs/semanticflow.py --workdir runs/semanticflow
   or on a (raw or prepared) Argoverse 2 folder:
     python -m bevjax.evaluate --config configs/semanticflow.py --workdir runs/semanticflow --dataset av2 \
-        --data_dir ../shared/data/av2/sensor
+        --dataroot ../shared/data/av2/sensor
 """
 
 from __future__ import annotations
