@@ -181,6 +181,14 @@ class _Clusters:
     kept: np.ndarray  # [k] bool, passed the size and extent filters
 
 
+def _per_point(flags: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """[p] bool: the cluster flag of each point's cluster, False for points in none (label -1); safe with no
+    clusters."""
+    if not len(flags):
+        return np.zeros(label.shape, bool)
+    return (label >= 0) & flags[np.maximum(label, 0)]
+
+
 def _clusters(points, keep, seen, s: PseudoLabelSettings) -> _Clusters:
     label = dbscan(points, s.eps, s.min_samples, valid=keep).astype(np.int64)  # p
     k = int(label.max()) + 1
@@ -198,7 +206,7 @@ def _clusters(points, keep, seen, s: PseudoLabelSettings) -> _Clusters:
     np.maximum.at(hi, lab, points[inside, :2])
     extent = np.hypot(*(hi - lo).T) if k else np.zeros(0)
     big_enough = (count >= s.min_cluster_size) & (extent <= s.max_extent)
-    label = np.where(inside & big_enough[np.maximum(label, 0)], label, -1)
+    label = np.where(inside & _per_point(big_enough, label), label, -1)
     dynamic = big_enough & (votes >= s.min_votes) & (votes >= s.dynamic_fraction * count)
     return _Clusters(label, count, votes, centroid, dynamic, big_enough)
 
@@ -441,9 +449,9 @@ def pseudo_labels(example: dict, settings: PseudoLabelSettings) -> dict[str, np.
         flow0[where] = (moved - src)[ok]
         fit_ok[where] = True
     # Static points have the target 0; dynamic clusters without an accepted fit have no pseudo-flow.
-    in_dyn0 = (cl0.label >= 0) & dynamic_cluster0[np.maximum(cl0.label, 0)]
+    in_dyn0 = _per_point(dynamic_cluster0, cl0.label)
     flow_valid0 = v0 & (~in_dyn0 | fit_ok)
-    in_dyn1 = (cl1.label >= 0) & cl1.dynamic[np.maximum(cl1.label, 0)]
+    in_dyn1 = _per_point(cl1.dynamic, cl1.label)
     return {
         "pseudo_dynamic0": in_dyn0,
         "pseudo_cluster0": _renumber(cl0.label, dynamic_cluster0),
@@ -462,6 +470,8 @@ def _renumber(label: np.ndarray, dynamic: np.ndarray) -> np.ndarray:
     order = np.concatenate([np.flatnonzero(present & dynamic), np.flatnonzero(present & ~dynamic)])
     new = np.full(len(dynamic), -1, np.int64)
     new[order] = np.arange(len(order))
+    if not len(new):
+        return np.full(label.shape, -1, np.int32)
     return np.where(label >= 0, new[np.maximum(label, 0)], -1).astype(np.int32)
 
 

@@ -217,3 +217,13 @@ def test_dynamic_flags_cross_to_the_other_sweeps_partner():
     # parked car; moving car 1 m on; a partner 4 m away (beyond 3 m); a cluster that is not kept in sweep 0
     np.testing.assert_array_equal(_partner_dynamic(sweep0, sweep1, s), [False, True, False, False])
     np.testing.assert_array_equal(_partner_dynamic(sweep1, sweep0, s), [False, False, False, False])
+
+
+def test_a_pair_without_clusters_gives_empty_labels():
+    """Too few points for one DBSCAN cluster (a sparse sweep, all padding): no dynamic point, no flow."""
+    ex = {k: np.asarray(v) for k, v in world_labels()[0][0].items()}
+    for key in ("lidar_valid", "next_lidar_valid"):
+        ex[key] = np.zeros_like(ex[key])
+    labels = pseudo_labels(ex, PseudoLabelSettings())
+    assert not labels["pseudo_dynamic0"].any() and not labels["pseudo_dynamic1"].any()
+    assert (labels["pseudo_cluster0"] == -1).all() and not labels["pseudo_flow0"].any()
