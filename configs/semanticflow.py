@@ -73,8 +73,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Preprocessing of both sweeps: ground removed (the dataset's flags for sweep 0, the pseudo-label pass's
     # estimate for sweep 1), range 2..50 m (bevjax.ops.pointcloud.range_mask).
     # capacity: points per sweep in training, the kept ones first (a random subset beyond it; evaluation sees all;
-    # train/dropped_points counts them): the world's 32 x 1024 sweeps keep about 10k, Argoverse 2's about 50k.
-    c.points = ml_collections.ConfigDict(dict(min_range=2.0, max_range=50.0, capacity=16384))
+    # train/dropped_points counts them). The world's 32 x 1024 sweeps keep 7-10k points; the CPU default takes a
+    # random 8192 of them per step, since the losses' brute-force kNN (k = 64) and Chamfer searches cost
+    # capacity^2 on a CPU (benchmarks/bench_flow.py: 8.4 s a step at 16384 on shared cores).
+    c.points = ml_collections.ConfigDict(dict(min_range=2.0, max_range=50.0, capacity=8192))
 
     # The coarse segmentation and pseudo-flow (bevjax.flow_labels.PseudoLabelSettings; any field may be set).
     c.pseudo = ml_collections.ConfigDict()
