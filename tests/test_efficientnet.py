@@ -394,7 +394,9 @@ def test_remat_blocks_keep_variables_outputs_and_gradients():
     (grads, ends), (want_grads, want_ends) = (
         jax.jit(lambda v, m=m: outputs(m, v))(variables) for m in (remat, plain)
     )
-    chex.assert_trees_all_close(ends, want_ends, rtol=1e-4, atol=1e-5)
+    # Rematerialisation changes XLA's fusion, hence the rounding: on some CPUs an endpoint moves by 2.5e-5
+    # (3.5e-4 relative) through the batch-statistic BatchNorms of 2 small images.
+    chex.assert_trees_all_close(ends, want_ends, rtol=1e-3, atol=1e-4)
     # Gradients through batch-statistic BatchNorm on 2 small images move by ~1e-4 (relative) under any rounding
     # change of the forward pass; compare them as a whole.
     flat, want_flat = (jax.flatten_util.ravel_pytree(g)[0] for g in (grads, want_grads))
