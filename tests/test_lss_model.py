@@ -94,7 +94,7 @@ def test_remat_keeps_variables_outputs_and_gradients(remat, variables, inputs, w
     logits, stats, grads = compiled(
         lambda v, x, w: train_outputs(model, v, x, w), variables, inputs, weights
     )(variables, inputs, weights)
-    chex.assert_trees_all_close((logits, stats), reference[:2], rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close((logits, stats), reference[:2], rtol=1e-3, atol=1e-4)  # fusion rounding: 1.9e-5 on this CPU
     # The tiny model's gradients move by 2e-3 (relative) under any float32 rounding change of the forward pass:
     # cells of the empty BEV regions share one value per channel, close to a ReLU's kink. Two 'none' runs that
     # differ only in the convolution kernels (CPU-tuned and XLA's) differ as much as 'none' and 'blocks' do.
