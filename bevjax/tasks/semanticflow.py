@@ -44,7 +44,7 @@ import numpy as np
 from bevjax.data.datasets import open_splits
 from bevjax.data.derived import ZipSource
 from bevjax.data.pipeline import make_dataset
-from bevjax.flow_labels import PseudoLabelSettings, pseudo_label_split
+from bevjax.flow_labels import INPUT_KEYS, PseudoLabelSettings, pseudo_label_split
 from bevjax.geometry.grid import BEVGrid
 from bevjax.losses.semanticflow import LossWeights, semanticflow_loss
 from bevjax.metrics.instance import InstanceAccumulator
@@ -64,14 +64,6 @@ from bevjax.ops.pointcloud import compensate, ego_flow, estimate_ground, range_m
 from bevjax.schema import SEMANTIC_CLASS_ID
 from bevjax.tasks.base import SupervisedTask, config_grid
 
-INPUT_KEYS = (
-    "lidar_points",
-    "lidar_valid",
-    "lidar_ground",
-    "next_lidar_points",
-    "next_lidar_valid",
-    "next_ego_from_ego",
-)
 PSEUDO_KEYS = ("pseudo_dynamic0", "pseudo_dynamic1", "pseudo_cluster0", "pseudo_flow0", "pseudo_flow_valid0")
 EVAL_KEYS = ("lidar_flow", "lidar_instance", "lidar_class")
 
