@@ -127,7 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             no_decay="",
         )
     )
-    add_engine_sections(c, batch_size=2, steps=600, log_every=25, checkpoint_every=100)
+    add_engine_sections(c, batch_size=2, steps=300, log_every=25, checkpoint_every=100)
     c.eval = ml_collections.ConfigDict(dict(batch_size=2, max_examples=0, picture_index=0))
 
     if flow_only:  # SeFlow's four flow losses; the instance head gets no gradient
